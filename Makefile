@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine with Python 3.10+:
+#   make demo   -- create/refresh .venv, run the demo on the embedded sample
+#   make test   -- create/refresh .venv, run the default test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test test-slow bench lint clean venv
+
+venv: $(STAMP)
+
+# torch==2.13.0 first: on this machine kind it is a local CPU wheel; an open range would pull a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m deepmac demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/ops.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check deepmac tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
