@@ -18,7 +18,9 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> Tensor:
         ValueError: if its shape is not ``(N, 4)``.
     """
     if not isinstance(boxes, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, 4), got {type(boxes).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape (N, 4), got {type(boxes).__name__}"
+        )
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"{name} must have shape (N, 4), got {tuple(boxes.shape)}")
     if not boxes.is_floating_point():
