@@ -32,7 +32,9 @@ SPLITS: dict[str, tuple[int, ...]] = {
 }
 
 
-def resolve_split(split: str | Iterable[int], known_ids: Sequence[int] | None = None) -> tuple[int, ...]:
+def resolve_split(
+    split: str | Iterable[int], known_ids: Sequence[int] | None = None
+) -> tuple[int, ...]:
     """Turn a split name (``voc``, ``nonvoc``, ``all``) or an explicit id list into COCO ids.
 
     Args:
