@@ -1,0 +1,178 @@
+"""COCO results format: per-image instances to result dicts, and reading/writing results JSON.
+
+A result is ``{"image_id", "category_id", "bbox", "score"}`` plus ``"segmentation"`` when masks
+are given: COCO ``xywh`` boxes and compressed RLE masks with ``counts`` as ``str`` (JSON-safe).
+This is the evaluation edge where library ``xyxy`` boxes become COCO ``xywh``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from deepmac.structures.boxes import box_xyxy_to_xywh
+
+ArrayLike = Tensor | np.ndarray
+
+_REQUIRED_KEYS = ("image_id", "category_id", "score")
+
+
+def _as_numpy(x: ArrayLike | Sequence, name: str) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, (np.ndarray, list, tuple)):
+        return np.asarray(x)
+    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+
+
+def encode_masks(masks: ArrayLike) -> list[dict[str, Any]]:
+    """Encode bool masks as COCO compressed RLE with ``str`` counts.
+
+    Args:
+        masks: bool ``(N, H, W)`` tensor or array, in the image frame. Integer 0/1 masks are
+            accepted and cast; floating masks are rejected (threshold probabilities first).
+
+    Returns:
+        ``N`` dicts ``{"size": [H, W], "counts": str}``.
+
+    Raises:
+        ValueError: if ``masks`` is not 3-D.
+        TypeError: if ``masks`` is floating point.
+    """
+    from pycocotools import mask as mask_util
+
+    array = _as_numpy(masks, "masks")
+    if array.ndim != 3:
+        raise ValueError(f"masks must have shape (N, H, W), got {tuple(array.shape)}")
+    if np.issubdtype(array.dtype, np.floating):
+        raise TypeError(
+            f"masks must be bool (N, H, W), got floating dtype {array.dtype}; "
+            "threshold mask probabilities (> 0.5) before encoding"
+        )
+    if array.shape[0] == 0:
+        return []
+    # pycocotools encodes column-major (H, W, N) uint8 arrays.
+    fortran = np.asfortranarray(array.astype(bool).transpose(1, 2, 0).astype(np.uint8))
+    rles = mask_util.encode(fortran)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def instances_to_coco_results(
+    image_id: int,
+    boxes_xyxy: ArrayLike,
+    scores: ArrayLike,
+    category_ids: ArrayLike,
+    masks: ArrayLike | None = None,
+) -> list[dict[str, Any]]:
+    """Convert one image's instances into COCO result dicts.
+
+    Args:
+        image_id: COCO image id.
+        boxes_xyxy: float ``(N, 4)`` xyxy boxes in absolute pixels of the *original* image.
+        scores: float ``(N,)`` confidence scores.
+        category_ids: int ``(N,)`` COCO ``category_id`` values (not contiguous ids).
+        masks: optional bool ``(N, H, W)`` masks pasted into the original image frame.
+
+    Returns:
+        ``N`` result dicts; ``bbox`` is COCO ``[x, y, w, h]``, ``segmentation`` (only with
+        ``masks``) is compressed RLE with ``str`` counts.
+
+    Raises:
+        ValueError: if shapes disagree, naming the expected and found sizes.
+    """
+    boxes = torch.as_tensor(_as_numpy(boxes_xyxy, "boxes_xyxy"), dtype=torch.float64)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes_xyxy must have shape (N, 4), got {tuple(boxes.shape)}")
+    num = boxes.shape[0]
+    scores_np = _as_numpy(scores, "scores").astype(np.float64).reshape(-1)
+    cats_np = _as_numpy(category_ids, "category_ids").reshape(-1)
+    for name, arr in (("scores", scores_np), ("category_ids", cats_np)):
+        if arr.shape[0] != num:
+            raise ValueError(f"{name} must have shape ({num},) to match boxes, got {arr.shape}")
+    if np.issubdtype(cats_np.dtype, np.floating) and not np.all(cats_np == np.round(cats_np)):
+        raise ValueError(f"category_ids must be integer COCO ids, got {cats_np.tolist()}")
+    rles = None
+    if masks is not None:
+        rles = encode_masks(masks)
+        if len(rles) != num:
+            raise ValueError(f"masks must have {num} entries to match boxes, got {len(rles)}")
+    xywh = box_xyxy_to_xywh(boxes).tolist()
+    results = []
+    for i in range(num):
+        result = {
+            "image_id": int(image_id),
+            "category_id": int(cats_np[i]),
+            "bbox": [float(v) for v in xywh[i]],
+            "score": float(scores_np[i]),
+        }
+        if rles is not None:
+            result["segmentation"] = rles[i]
+        results.append(result)
+    return results
+
+
+def write_coco_results(path: str | os.PathLike, results: Sequence[dict[str, Any]]) -> Path:
+    """Write results as a COCO results JSON list, atomically (temp file, then ``os.replace``).
+
+    Args:
+        path: destination file; parent directories are created.
+        results: result dicts as from ``instances_to_coco_results``.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(list(results), f)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def validate_coco_results(results: Any, source: str = "results") -> list[dict[str, Any]]:
+    """Check that ``results`` is a list of COCO result dicts and return it.
+
+    Raises:
+        ValueError: naming ``source`` and the first malformed entry.
+    """
+    if not isinstance(results, list):
+        found = type(results).__name__
+        raise ValueError(f"{source}: expected a JSON list of result dicts, got {found}")
+    for i, result in enumerate(results):
+        if not isinstance(result, dict):
+            raise ValueError(f"{source}: entry {i} must be a dict, got {type(result).__name__}")
+        missing = [k for k in _REQUIRED_KEYS if k not in result]
+        if "bbox" not in result and "segmentation" not in result:
+            missing.append("bbox or segmentation")
+        if missing:
+            raise ValueError(f"{source}: entry {i} lacks keys {missing}; found {sorted(result)}")
+    return results
+
+
+def load_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read and validate a COCO results JSON file.
+
+    Raises:
+        ValueError: if the file is not valid JSON or not a list of result dicts (names the path).
+    """
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: malformed COCO results JSON ({err})") from None
+    return validate_coco_results(data, source=str(path))
