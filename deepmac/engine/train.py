@@ -1,0 +1,379 @@
+"""The training loop: one readable, model-agnostic ``train`` function and exact resume.
+
+The engine only relies on the model/criterion protocol (STYLE §3.4): ``model(images, targets)``
+returns raw outputs and ``criterion(outputs, targets)`` returns named, already-weighted scalar
+losses whose sum is the training loss.
+
+Exact (bit-for-bit) resume. Restoring weights, optimizer, scheduler and RNGs is not enough: the
+data order must continue where it stopped. :class:`~deepmac.engine.checkpoint.LoaderCursor`
+snapshots, at the start of every epoch, the loader's ``torch.Generator`` states and the global
+RNG states, and the checkpoint stores that snapshot with the number of batches consumed in the
+epoch. On resume the snapshot is restored, the epoch's iterator is re-created (same shuffle, same
+worker seeds) and the consumed batches are drawn again and discarded; then the checkpoint's own
+RNG states are restored. Cost: re-loading up to one epoch of batches (data loading only: no
+forward or backward). It works for any loader whose randomness comes from its generators,
+``set_epoch`` or the global RNGs, without changing how the loader is seeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from tqdm.auto import tqdm
+
+from deepmac.engine.checkpoint import (
+    LoaderCursor,
+    get_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    unwrap_model,
+)
+from deepmac.engine.distributed import all_reduce_mean, get_world_size, is_main_process
+from deepmac.engine.metrics import MetricsLog, write_json_atomic
+
+__all__ = [
+    "ForwardStep",
+    "ResumeState",
+    "default_forward_step",
+    "move_to_device",
+    "resume_from",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+ForwardStep = Callable[[nn.Module, Callable[..., Mapping[str, Tensor]], Any], Mapping[str, Tensor]]
+
+
+def default_forward_step(
+    model: nn.Module, criterion: Callable[..., Mapping[str, Tensor]], batch: Any
+) -> Mapping[str, Tensor]:
+    """``criterion(model(images, targets), targets)`` for a ``(images, targets)`` batch.
+
+    ``images`` may be a ``(B, 3, H, W)`` tensor or an object with a ``.tensor`` attribute (e.g.
+    ``deepmac.data.collate.ImageBatch``), whose tensor is passed. Supply your own
+    ``forward_step`` for any other batch layout.
+    """
+    images, targets = batch[0], batch[1]
+    images = getattr(images, "tensor", images)
+    return criterion(model(images, targets), targets)
+
+
+def move_to_device(obj: Any, device: torch.device) -> Any:
+    """Move tensors (also inside dicts, lists, tuples, or objects with ``.to``) to ``device``."""
+    if isinstance(obj, Tensor) or (hasattr(obj, "to") and not isinstance(obj, type)):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: move_to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [move_to_device(v, device) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):  # namedtuples: left as they are
+        return tuple(move_to_device(v, device) for v in obj)
+    return obj
+
+
+def _batch_size(batch: Any) -> int:
+    """Images in a ``(images, targets)`` batch, for the images/s figure (0 when unknown)."""
+    images = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    images = getattr(images, "tensor", images)
+    if isinstance(images, Tensor) and images.dim() > 0:
+        return int(images.shape[0])
+    try:
+        return len(images)
+    except TypeError:
+        return 0
+
+
+@dataclass
+class ResumeState:
+    """What :func:`train` needs to continue a run after :func:`resume_from` loaded the weights.
+
+    Attributes:
+        step: optimizer steps already done.
+        rng: global RNG states at save time, restored after the data position is replayed.
+        loader: :meth:`LoaderCursor.state_dict` at save time (``None`` if not recorded).
+        scaler: fp16 ``GradScaler`` state, if any.
+    """
+
+    step: int
+    rng: dict[str, Any]
+    loader: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+
+
+def resume_from(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: Any,
+    expected_model_type: str | None = None,
+) -> ResumeState:
+    """Restore model, optimizer, scheduler and RNGs from a checkpoint written by :func:`train`.
+
+    Args:
+        path: checkpoint, e.g. ``out_dir / "last.pt"``.
+        model: model built as in the original run (wrapped or not).
+        optimizer: optimizer over ``model``'s parameters, built as in the original run.
+        scheduler: scheduler over ``optimizer``.
+        expected_model_type: checked against the checkpoint's ``model_type``.
+
+    Returns:
+        The state to pass as ``train(..., resume=state)``.
+
+    Raises:
+        CheckpointError: see :func:`~deepmac.engine.checkpoint.load_checkpoint`.
+    """
+    ckpt = load_checkpoint(path, expected_model_type=expected_model_type)
+    unwrap_model(model).load_state_dict(ckpt["model"])
+    if ckpt["optimizer"] is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt["scheduler"] is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    restore_rng_state(ckpt["rng"])
+    logger.info("resumed from %s at step %d", path, ckpt["step"])
+    return ResumeState(
+        step=int(ckpt["step"]),
+        rng=ckpt["rng"],
+        loader=ckpt["extra"].get("loader"),
+        scaler=ckpt.get("scaler"),
+    )
+
+
+def _check_losses(losses: Any, step: int) -> dict[str, Tensor]:
+    if not isinstance(losses, Mapping) or not losses:
+        raise TypeError(
+            f"forward_step must return a non-empty dict of scalar loss tensors, got "
+            f"{type(losses).__name__} at step {step}"
+        )
+    if "loss" in losses:  # reserved for the total in logs
+        raise TypeError(f"name the loss terms 'loss_*'; 'loss' is the logged total (step {step})")
+    for name, value in losses.items():
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"loss {name!r} must be a scalar tensor, got {shape} at step {step}")
+    return dict(losses)
+
+
+def train(
+    *,
+    model: nn.Module,
+    criterion: Callable[..., Mapping[str, Tensor]],
+    optimizer: Optimizer,
+    scheduler: Any,
+    train_loader: Any,
+    total_steps: int,
+    out_dir: str | Path,
+    config: dict[str, Any],
+    model_type: str,
+    forward_step: ForwardStep | None = None,
+    start_step: int = 0,
+    resume: ResumeState | None = None,
+    clip_grad_norm: float | None = None,
+    log_every: int = 20,
+    eval_every: int = 0,
+    evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
+    checkpoint_every: int = 0,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` for ``total_steps`` optimizer steps, cycling over ``train_loader``.
+
+    Each step: draw a batch, run ``forward_step`` under autocast, guard against non-finite
+    losses, backward, clip, optimizer and scheduler step; then log, evaluate and checkpoint
+    when their period divides the step. Steps count completed updates, so the checkpoint saved
+    after step ``s`` holds ``step == s``. Only rank 0 writes files.
+
+    Files in ``out_dir``: ``config.json`` (at start), ``metrics.jsonl`` (appended; on resume,
+    lines after the resumed step are dropped first) and ``last.pt`` (periodic and final).
+
+    Args:
+        model: the model, already on its device (and DDP-wrapped when distributed).
+        criterion: ``criterion(outputs, targets) -> {"loss_*": scalar}``, already weighted.
+        optimizer: the optimizer.
+        scheduler: stepped once per optimizer step (e.g. :func:`build_warmup_cosine`).
+        train_loader: yields batches; by default ``(images, targets)`` (see
+            :func:`default_forward_step`). Needs a fixed number of batches per epoch.
+        total_steps: stop after this many optimizer steps in all (not counting from resume).
+        out_dir: run directory.
+        config: JSON-like run configuration, saved to ``config.json`` and in checkpoints.
+        model_type: stored in checkpoints and checked on load.
+        forward_step: ``forward_step(model, criterion, batch) -> losses``; the batch is already
+            on the model's device. Defaults to :func:`default_forward_step`.
+        start_step: first step number when not resuming (the data order starts at epoch 0).
+        resume: from :func:`resume_from`; continues the run bit-for-bit.
+        clip_grad_norm: max global gradient L2 norm; ``None`` disables clipping.
+        log_every: log to ``metrics.jsonl`` and the progress bar every this many steps (losses
+            averaged over the window, and over ranks).
+        eval_every: call ``evaluate`` every this many steps; 0 disables it.
+        evaluate: ``evaluate(model, step) -> metrics``, called on every rank in eval mode under
+            ``torch.no_grad`` (gathering across ranks is its job); its RNG use does not perturb
+            training.
+        checkpoint_every: save ``last.pt`` every this many steps; 0 saves only at the end.
+        amp_dtype: autocast dtype, e.g. ``torch.bfloat16``; ``torch.float16`` also enables a
+            ``GradScaler``. ``None`` trains in float32.
+        progress: show a tqdm bar (also hidden when stderr is not a TTY, and on ranks > 0).
+
+    Returns:
+        ``{"step", "losses" (last logged window), "eval" (last results or None), "checkpoint"
+        (path of last.pt), "elapsed_s"}``.
+
+    Raises:
+        RuntimeError: a loss is NaN or infinite (nothing is saved over the last good checkpoint).
+        TypeError: ``forward_step`` returns something other than a dict of scalar tensors, or
+            uses the reserved key ``"loss"``.
+        ValueError: a negative step count or period, or ``log_every < 1``.
+    """
+    for name, value, low in [
+        ("total_steps", total_steps, 0),
+        ("log_every", log_every, 1),
+        ("eval_every", eval_every, 0),
+        ("checkpoint_every", checkpoint_every, 0),
+    ]:
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    forward_step = forward_step or default_forward_step
+    out_dir = Path(out_dir)
+    main = is_main_process()
+    device = next(model.parameters()).device
+    ckpt_path = out_dir / "last.pt"
+    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    cursor = LoaderCursor(train_loader)
+
+    step = start_step
+    if resume is not None:
+        if start_step not in (0, resume.step):
+            raise ValueError(f"start_step={start_step} contradicts resume.step={resume.step}")
+        step = resume.step
+        if resume.loader is not None:
+            cursor.load_state_dict(resume.loader)
+        else:
+            logger.warning("checkpoint has no data-loader position: data order restarts")
+        restore_rng_state(resume.rng)  # after the replay, which consumed RNG
+        if resume.scaler is not None:
+            scaler.load_state_dict(resume.scaler)
+        metrics.truncate_after(step)
+    elif start_step:
+        logger.warning("start_step=%d without resume: the data order restarts at epoch 0", step)
+    if main:
+        write_json_atomic(out_dir / "config.json", config)
+
+    def checkpoint() -> None:
+        if main:
+            save_checkpoint(
+                ckpt_path,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                step=step,
+                config=config,
+                model_type=model_type,
+                scaler=scaler if scaler.is_enabled() else None,
+                extra={"loader": cursor.state_dict()},
+            )
+
+    world_size = get_world_size()
+    result: dict[str, Any] = {"step": step, "losses": {}, "eval": None, "checkpoint": None}
+    window_sums: dict[str, float] = {}
+    window_steps = window_images = 0
+    start_time = window_time = time.perf_counter()
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        disable=None if progress and main else True,
+        dynamic_ncols=True,
+        desc="train",
+    )
+    model.train()
+    try:
+        while step < total_steps:
+            batch = move_to_device(cursor.next(), device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                losses = _check_losses(forward_step(model, criterion, batch), step + 1)
+            loss = sum(losses.values())
+
+            # One small all-reduce gives every rank the same values, so they agree on stopping.
+            values = all_reduce_mean(
+                torch.stack(
+                    [loss.detach().float()]
+                    + [v.detach().float().reshape(()) for v in losses.values()]
+                )
+            )
+            named = dict(zip(["loss", *losses], values.tolist(), strict=True))
+            if not all(math.isfinite(v) for v in named.values()):
+                metrics.write({"type": "nonfinite", "step": step + 1, **named})
+                saved = (
+                    f"last good checkpoint: {ckpt_path}" if ckpt_path.is_file() else "none saved"
+                )
+                raise RuntimeError(
+                    f"non-finite loss at step {step + 1}: {named}; stopping ({saved})"
+                )
+
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            grad_norm = None
+            if clip_grad_norm is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]  # the rate this update used
+            scheduler.step()
+            step += 1
+            bar.update(1)
+
+            for name, value in named.items():
+                window_sums[name] = window_sums.get(name, 0.0) + value
+            window_steps += 1
+            window_images += _batch_size(batch) * world_size
+
+            if step % log_every == 0 or step == total_steps:
+                now = time.perf_counter()
+                result["losses"] = {k: v / window_steps for k, v in window_sums.items()}
+                images_per_s = window_images / max(now - window_time, 1e-9)
+                record = {
+                    "type": "train",
+                    "step": step,
+                    "epoch": cursor.epoch,
+                    "lr": lr,
+                    **result["losses"],
+                    "images_per_s": images_per_s,
+                    "elapsed_s": now - start_time,
+                }
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                metrics.write(record)
+                bar.set_postfix(loss=f"{result['losses']['loss']:.4f}", img_s=f"{images_per_s:.1f}")
+                window_sums, window_steps, window_images, window_time = {}, 0, 0, now
+
+            if evaluate is not None and eval_every and step % eval_every == 0:
+                # Evaluation must not shift training randomness, or eval_every would change
+                # the trained weights; save and restore the RNGs around it.
+                rng = get_rng_state()
+                model.eval()
+                with torch.no_grad():
+                    result["eval"] = dict(evaluate(model, step))
+                model.train()
+                restore_rng_state(rng)
+                metrics.write({"type": "eval", "step": step, **result["eval"]})
+                logger.info("step %d eval: %s", step, result["eval"])
+
+            if (checkpoint_every and step % checkpoint_every == 0) or step == total_steps:
+                checkpoint()
+                result["checkpoint"] = str(ckpt_path) if main else None
+    finally:
+        bar.close()
+    result["step"] = step
+    result["elapsed_s"] = time.perf_counter() - start_time
+    return result
