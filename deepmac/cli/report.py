@@ -1,29 +1,10 @@
-"""Printing metric tables and writing JSON outputs atomically."""
+"""Printing metric tables (JSON outputs: ``deepmac.io.write_json_atomic``)."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
+from deepmac.io import write_json_atomic
 
-
-def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Write JSON to ``path`` through a temporary file and a rename, so a crash never leaves a
-    half-written file in place of a good one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+__all__ = ["print_metrics", "write_json_atomic"]
 
 
 def print_metrics(metrics: dict[str, float | int], title: str | None = None) -> None:

@@ -12,15 +12,16 @@ import functools
 import os
 import random
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
+
+from deepmac.io import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -40,31 +41,6 @@ _REQUIRED_KEYS = ("format_version", "model_type", "model", "step")
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not match what the caller expects."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` on a temp file in the same directory, then rename.
-
-    ``os.replace`` within one directory (hence one filesystem) is atomic, so readers see either
-    the old file or the complete new one. On any failure the temp file is removed and the old
-    file is left untouched.
-
-    Args:
-        path: destination file; its directory is created if needed.
-        write: callback writing the full content to the binary file object it receives.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepmac.engine.checkpoint import atomic_write
+from deepmac import io
 
 __all__ = ["MetricsLog", "read_metrics", "setup_logging", "to_jsonable", "write_json_atomic"]
 
@@ -80,8 +80,7 @@ def to_jsonable(value: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (temp file + rename)."""
-    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    io.write_json_atomic(path, to_jsonable(obj))
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -131,4 +130,4 @@ class MetricsLog:
             return
         kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= step]
         text = "".join(json.dumps(r) + "\n" for r in kept)
-        atomic_write(self.path, lambda f: f.write(text.encode("utf-8")))
+        io.atomic_write(self.path, lambda f: f.write(text.encode("utf-8")))

@@ -201,6 +201,7 @@ def evaluate_coco(
     *,
     iou_types: Sequence[str] = IOU_TYPES,
     splits: Mapping[str, str | Iterable[int]] | None = None,
+    image_ids: Iterable[int] | None = None,
     verbose: bool = False,
 ) -> dict[str, float]:
     """COCO AP, AP50, AP75, APs, APm, APl per IoU type and class split.
@@ -213,6 +214,8 @@ def evaluate_coco(
         splits: split name -> ``"voc"`` / ``"nonvoc"`` / ``"all"`` / COCO ids; defaults to
             ``{"all": "all", "voc": "voc", "nonvoc": "nonvoc"}``. Each split is restricted to the
             categories with ground truth in ``gt``.
+        image_ids: evaluate on these images only (e.g. the first images of a quick evaluation);
+            default all images of ``gt``.
         verbose: let pycocotools print progress and the overall summary table.
 
     Returns:
@@ -238,6 +241,8 @@ def evaluate_coco(
     for iou_type in iou_types:
         dt = _results_to_coco(gt, results, iou_type, verbose)
         coco_eval = COCOeval(gt, dt, iouType=iou_type)
+        if image_ids is not None:
+            coco_eval.params.imgIds = sorted(set(int(i) for i in image_ids))
         with _quiet(verbose):
             coco_eval.evaluate()
             coco_eval.accumulate()
@@ -279,10 +284,12 @@ class CocoEvaluator:
         self.iou_types = tuple(iou_types)
         self.splits = splits
         self.results: list[dict[str, Any]] = []
+        self.image_ids: set[int] = set()
 
     def reset(self) -> None:
         """Forget the accumulated results."""
         self.results = []
+        self.image_ids = set()
 
     def process(
         self,
@@ -299,12 +306,19 @@ class CocoEvaluator:
         """
         if masks is None and "segm" in self.iou_types:
             raise ValueError("masks are required when iou_types includes 'segm'")
+        self.image_ids.add(int(image_id))
         self.results.extend(
             instances_to_coco_results(image_id, boxes_xyxy, scores, category_ids, masks)
         )
 
     def evaluate(self) -> dict[str, float]:
-        """Score everything processed since the last ``reset``; see ``evaluate_coco``."""
+        """Score the images processed since the last ``reset``: only those, so an evaluation of
+        the first images of a split is not charged for the rest (with none processed, every
+        image counts, and everything is missed); see ``evaluate_coco``."""
         return evaluate_coco(
-            self.gt, self.results, iou_types=self.iou_types, splits=self.splits
+            self.gt,
+            self.results,
+            iou_types=self.iou_types,
+            splits=self.splits,
+            image_ids=self.image_ids or None,
         )

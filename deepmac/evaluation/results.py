@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from deepmac.io import write_json_atomic
 from deepmac.structures.boxes import box_xyxy_to_xywh
 
 ArrayLike = Tensor | np.ndarray
@@ -131,17 +131,7 @@ def write_coco_results(path: str | os.PathLike, results: Sequence[dict[str, Any]
     Returns:
         The destination path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(list(results), f)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, list(results), indent=None)
 
 
 def validate_coco_results(results: Any, source: str = "results") -> list[dict[str, Any]]:
