@@ -17,11 +17,11 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "heads", "score"):
+    for command in ("demo", "train", "eval", "predict", "heads", "score"):
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["demo", "heads", "score"])
+@pytest.mark.parametrize("command", ["demo", "train", "eval", "predict", "heads", "score"])
 def test_each_command_has_help(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -29,7 +29,8 @@ def test_each_command_has_help(command, capsys):
 
 
 def test_python_dash_m_entry_point():
-    done = subprocess.run([sys.executable, "-m", "deepmac", "--help"], capture_output=True, text=True)
+    command = [sys.executable, "-m", "deepmac", "--help"]
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0 and "demo" in done.stdout
 
 
@@ -40,19 +41,27 @@ def test_unknown_command_is_rejected(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_demo_writes_metrics_results_and_overlays(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+def test_demo_writes_checkpoint_metrics_results_and_overlays(tmp_path, capsys):
+    # Two training steps: the whole path runs; quality is the full demo's business.
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--no-progress"]) == 0
+    assert (tmp_path / "last.pt").is_file()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    # Filled boxes with the GT boxes: box AP is exactly 1, mask quality is that of a box.
+    # GT boxes as detections: box AP is exactly 1 whatever the masks.
     assert metrics["bbox/all/AP"] == pytest.approx(1.0)
-    assert 0.4 < metrics["mask_iou/nonvoc/mIoU"] < 0.8
     assert metrics["mask_iou/all/num_instances"] == 64
-    assert len(list((tmp_path / "overlays").glob("*.png"))) == 8
+    assert 0.0 <= metrics["mask_iou/nonvoc/mIoU"] <= 1.0
+    # The baseline printed beside the model: filled boxes score like boxes.
+    assert 0.4 < metrics["filled_box/mask_iou/nonvoc/mIoU"] < 0.8
+    # One overlay per held-out image holding a non-VOC instance (7 of the 8).
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 7
+    out = capsys.readouterr().out
+    assert "filled box mIoU" in out and "What to expect" in out
     # The results file scores to the same mask AP through the score command.
     ann = demo_data_root() / "annotations" / "instances_val2017.json"
-    out = tmp_path / "scored.json"
-    assert main(["score", str(tmp_path / "results.json"), "--gt", str(ann), "--out", str(out)]) == 0
-    scored = json.loads(out.read_text())
+    scored_path = tmp_path / "scored.json"
+    results = str(tmp_path / "results.json")
+    assert main(["score", results, "--gt", str(ann), "--out", str(scored_path)]) == 0
+    scored = json.loads(scored_path.read_text())
     assert scored["segm/nonvoc/AP"] == pytest.approx(metrics["segm/nonvoc/AP"])
 
 

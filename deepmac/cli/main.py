@@ -1,7 +1,7 @@
 """The ``deepmac`` command: parses arguments and dispatches to a command; no logic of its own.
 
-Commands that exist today are registered below; training, evaluation of checkpoints,
-prediction and export join as the models land (see README, "What works today").
+Commands that exist today are registered below; export joins with its issue (see README,
+"What works today").
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ from collections.abc import Sequence
 EXAMPLES = """\
 examples:
   deepmac demo --out runs/demo
+  deepmac train --list
+  deepmac train box_prompted_cpu --data-root ../shared/data/coco_tiny --out runs/tiny --steps 500
+  deepmac train box_prompted_cpu --out runs/tiny --resume
+  deepmac eval runs/tiny/last.pt --data-root ../shared/data/coco_mini --out metrics.json
+  deepmac predict runs/tiny/last.pt --images DIR --boxes boxes.json --out masks.json --viz viz/
   deepmac heads
   deepmac score results.json --gt ../shared/data/coco_mini/annotations/instances_val2017.json
+  python -m torch.distributed.run --nproc_per_node=2 -m deepmac train box_prompted_cpu ...
 """
 
 
@@ -23,18 +29,91 @@ def _add_demo(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the demo on the embedded COCO sample",
-        description="Load the embedded COCO sample (masks for VOC classes only), paste "
-        "box-prompted masks, score them with the split metrics and write overlays.",
+        description="Train a box-prompted Deep-MAC on the embedded COCO sample with masks for "
+        "VOC classes only, then segment held-out images from their boxes: split mIoU beside the "
+        "filled-box baseline, overlays of non-VOC instances.",
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from deepmac.cli.demo import run_demo
 
-    run_demo(args.out)
+    run_demo(args.out, steps=args.steps, progress=not args.no_progress)
     return 0
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model from a preset",
+        description="Train from a named preset plus key=value overrides (e.g. "
+        "model.mask_head=hourglass52 train.lr=5e-4). Writes OUT/last.pt, OUT/config.json and "
+        "OUT/metrics.jsonl.",
+    )
+    parser.add_argument("preset", nargs="?", help="preset name (see --list)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--list", action="store_true", help="list the presets and exit")
+    parser.add_argument(
+        "--data-root",
+        action="append",
+        metavar="DIR",
+        help="COCO-style root (annotations/instances_<split>.json + <split>/); may repeat; "
+        "default: the embedded demo sample",
+    )
+    parser.add_argument("--out", help="run folder (default runs/PRESET)")
+    parser.add_argument("--steps", type=int, help="optimizer steps (overrides train.steps)")
+    parser.add_argument("--init", help="backbone weights file, or 'imagenet' (optional package)")
+    parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_lazy("run_train"))
+
+
+def _add_eval(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint with ground-truth boxes (split mIoU and mask AP)",
+        description="Masks from the ground-truth boxes of every image; mIoU overall / VOC / "
+        "non-VOC and mask AP with the GT boxes as detections of score 1.",
+    )
+    parser.add_argument("checkpoint", help="OUT/last.pt of a training run")
+    parser.add_argument("--data-root", help="COCO-style root (default: the run's eval root)")
+    parser.add_argument("--split", default="val2017", help="default val2017")
+    parser.add_argument("--max-images", type=int, default=0, help="0 = all")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="CPU autocast")
+    parser.add_argument("--out", help="write the metrics as JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_lazy("run_eval"))
+
+
+def _add_predict(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="turn boxes into masks (COCO results JSON with RLE masks)",
+        description="Box-prompted masks for images and boxes. Boxes come from a COCO instances "
+        "JSON or a COCO detection-results JSON, of any category.",
+    )
+    parser.add_argument("checkpoint", help="OUT/last.pt of a training run")
+    parser.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    parser.add_argument("--boxes", required=True, help="COCO instances or results JSON")
+    parser.add_argument("--out", required=True, help="COCO results JSON to write")
+    parser.add_argument("--viz", help="also write PNG overlays into this folder")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="CPU autocast")
+    parser.set_defaults(handler=_lazy("run_predict"))
+
+
+def _lazy(name: str):
+    """A handler that imports ``deepmac.cli.commands`` (and torch models) only when run."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from deepmac.cli import commands
+
+        return getattr(commands, name)(args)
+
+    return handler
 
 
 def _add_heads(subparsers) -> None:
@@ -90,14 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_heads, _add_score):
+    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_heads, _add_score):
         add(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    # argparse stops collecting positionals once options start; key=value overrides may
+    # follow options (deepmac train PRESET --steps 5 train.lr=1e-4), so gather them here.
+    if extras:
+        overrides = [e for e in extras if "=" in e and not e.startswith("-")]
+        if getattr(args, "command", None) != "train" or len(overrides) != len(extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.overrides = [*args.overrides, *overrides]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

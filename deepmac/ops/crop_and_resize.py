@@ -98,5 +98,5 @@ def crop_and_resize(
             padding_mode="zeros",
             align_corners=False,
         )  # (1, C, n * S_h, S_w)
-        out[idx] = crops.reshape(channels, idx.numel(), out_h, out_w).transpose(0, 1)
+        out[idx] = crops.reshape(channels, idx.numel(), out_h, out_w).transpose(0, 1).to(out.dtype)
     return out

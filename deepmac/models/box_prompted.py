@@ -1,0 +1,127 @@
+"""Box-prompted Deep-MAC: boxes in, masks out (the paper's detection-free mode, Sec. 6).
+
+A backbone gives stride-4 features; per backbone output (one per hourglass stack) two small
+prediction nets give the pixel embedding (16 ch) and the instance embedding (32 ch); the shared
+``MaskBranch`` turns them into box-relative mask logits. Training uses the ground-truth boxes,
+inference the user's boxes. No detector is involved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from deepmac.models.mask_branch import MaskBranch
+
+
+def prediction_net(in_channels: int, hidden_channels: int, out_channels: int) -> nn.Sequential:
+    """The official CenterNet ``make_prediction_net`` of 2021: 3x3 conv, ReLU, 1x1 conv, no BN,
+    Keras default init (glorot-uniform kernels, zero biases)."""
+    net = nn.Sequential(
+        nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden_channels, out_channels, 1),
+    )
+    for layer in (net[0], net[2]):
+        nn.init.xavier_uniform_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return net
+
+
+@dataclass
+class BoxPromptedOutputs:
+    """``mask_logits``: one ``(N, 1, S, S)`` tensor per backbone output used (all in training,
+    the last one in eval mode, as the official model)."""
+
+    mask_logits: list[Tensor]
+
+
+class BoxPromptedDeepMAC(nn.Module):
+    """Backbone + embedding heads + mask branch.
+
+    Args:
+        backbone: a ``deepmac.backbones.Backbone`` (list of stride-4 maps).
+        mask_branch: the crop-then-segment branch.
+        embedding_head_channels: hidden width of the embedding prediction nets (256).
+        pixel_mean, pixel_std: per-channel statistics on 0..255 RGB input.
+    """
+
+    model_type = "box_prompted"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        mask_branch: MaskBranch,
+        *,
+        embedding_head_channels: int = 256,
+        pixel_mean: tuple[float, float, float],
+        pixel_std: tuple[float, float, float],
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.mask_branch = mask_branch
+        channels = backbone.out_channels
+        # One pair of embedding heads per backbone output, no weight sharing between stacks
+        # (official ``_construct_prediction_heads``); one mask branch for all stacks.
+        self.pixel_heads = nn.ModuleList(
+            prediction_net(channels, embedding_head_channels, mask_branch.pixel_embedding_dim)
+            for _ in range(backbone.num_outputs)
+        )
+        self.instance_heads = nn.ModuleList(
+            prediction_net(channels, embedding_head_channels, mask_branch.instance_embedding_dim)
+            if mask_branch.use_instance_embedding
+            else nn.Identity()
+            for _ in range(backbone.num_outputs)
+        )
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False
+        )
+
+    @property
+    def size_multiple(self) -> int:
+        return getattr(self.backbone, "size_multiple", 32)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` 0..255 RGB to the backbone's input statistics."""
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def embeddings(self, images: Tensor) -> list[tuple[Tensor, Tensor | None]]:
+        """Pixel and instance embedding maps, ``(B, Cp, h, w)`` and ``(B, Ci, h, w)``, for every
+        backbone output in training and for the last one in eval mode."""
+        features = self.backbone(self.normalize(images))
+        stacks = range(len(features)) if self.training else [len(features) - 1]
+        out = []
+        for s in stacks:
+            instance = (
+                self.instance_heads[s](features[s])
+                if self.mask_branch.use_instance_embedding
+                else None
+            )
+            out.append((self.pixel_heads[s](features[s]), instance))
+        return out
+
+    def forward(
+        self, images: Tensor, boxes: Tensor, batch_index: Tensor | None = None
+    ) -> BoxPromptedOutputs:
+        """Mask logits for boxes.
+
+        Args:
+            images: ``(B, 3, H, W)`` float RGB in 0..255, padded (H, W multiples of
+                ``size_multiple``).
+            boxes: ``(N, 4)`` float xyxy in pixels of ``images``.
+            batch_index: ``(N,)`` int64 image of each box (None when B == 1).
+
+        Returns:
+            ``BoxPromptedOutputs`` with ``(N, 1, S, S)`` logits per stack used.
+        """
+        image_size = tuple(images.shape[-2:])
+        logits = [
+            self.mask_branch(pixel, instance, boxes, batch_index, image_size)
+            for pixel, instance in self.embeddings(images)
+        ]
+        return BoxPromptedOutputs(mask_logits=logits)

@@ -1,0 +1,59 @@
+"""Build a model from its config: the one place where configs become constructor calls."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from deepmac.backbones import build_backbone
+from deepmac.config import ModelConfig
+from deepmac.models.box_prompted import BoxPromptedDeepMAC
+from deepmac.models.mask_branch import MaskBranch
+
+#: ImageNet statistics on 0..255 RGB (torchvision-style ResNet weights).
+IMAGENET_STATS = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+
+#: Input statistics each backbone's weights expect. EfficientNet-Lite was trained with the TF
+#: Lite preprocessing (x - 127) / 128. The hourglasses use the official CenterNet means and
+#: stds, here in RGB order (the official model feeds BGR; a converted TF checkpoint needs its
+#: first convolution's input channels reversed).
+DEFAULT_PIXEL_STATS = {
+    "efficientnet_lite0": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
+    "hourglass104": (
+        (119.9165958, 114.03422265, 104.01362025),
+        (70.9150767, 69.89082075, 73.6027665),
+    ),
+    "hourglass52": (
+        (119.9165958, 114.03422265, 104.01362025),
+        (70.9150767, 69.89082075, 73.6027665),
+    ),
+}
+
+MODEL_TYPES = ("box_prompted",)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build the model ``cfg.type`` describes, loading ``cfg.backbone_init`` if set.
+
+    Raises:
+        ValueError: unknown model type, backbone or mask head (with suggestions).
+    """
+    if cfg.type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {cfg.type!r}; available: {', '.join(MODEL_TYPES)}")
+    backbone = build_backbone(cfg.backbone, init=cfg.backbone_init)
+    mask_branch = MaskBranch(
+        cfg.mask_head,
+        pixel_embedding_dim=cfg.pixel_embedding_dim,
+        instance_embedding_dim=cfg.instance_embedding_dim,
+        mask_size=cfg.mask_size,
+        num_init_channels=cfg.num_init_channels,
+        use_xy=cfg.use_xy,
+        use_instance_embedding=cfg.use_instance_embedding,
+    )
+    mean, std = DEFAULT_PIXEL_STATS.get(cfg.backbone, IMAGENET_STATS)
+    return BoxPromptedDeepMAC(
+        backbone,
+        mask_branch,
+        embedding_head_channels=cfg.embedding_head_channels,
+        pixel_mean=cfg.pixel_mean or mean,
+        pixel_std=cfg.pixel_std or std,
+    )

@@ -1,0 +1,165 @@
+"""Crop-then-segment, the one mechanism by which every deepmac model produces masks.
+
+For each box: crop the pixel embedding at the box to ``S x S`` (TF ``crop_and_resize``), put
+the 2-channel box-relative coordinate grid in front of it, append the instance embedding read at
+the box centre and tiled, and run a class-agnostic mask head from ``MASK_HEADS``. Only the boxes
+differ between modes: ground truth when training, detections or user boxes at inference.
+
+Channel order and sampling follow the official ``deepmac_meta_arch`` (reference digest §1.4-1.8):
+``(y, x, pixel_emb[0:Cp], inst_emb[0:Ci])``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from deepmac.mask_heads import build_mask_head
+from deepmac.ops import crop_and_resize
+from deepmac.ops._checks import check_boxes_and_index, check_features
+
+
+def coordinate_embedding(mask_size: int, *, dtype=torch.float32, device=None) -> Tensor:
+    """``(2, S, S)`` box-relative coordinates: channel 0 is y, channel 1 is x, both
+    ``linspace(-1, 1, S)`` with the end points included (row 0 is -1, row S-1 is +1)."""
+    line = torch.linspace(-1.0, 1.0, mask_size, dtype=dtype, device=device)
+    grid_y, grid_x = torch.meshgrid(line, line, indexing="ij")
+    return torch.stack([grid_y, grid_x])
+
+
+def sample_at_box_centres(
+    embedding: Tensor, boxes: Tensor, batch_index: Tensor, image_size: tuple[float, float]
+) -> Tensor:
+    """Read ``embedding`` at the pixel holding each box centre (nearest, no interpolation).
+
+    The official code computes ``floor(centre / image_size * h)``: the centre is scaled by the
+    map size ``h``, not ``h - 1`` as in the crop, and truncated. That is the pixel where the
+    CenterNet heatmap peak of the box lies. We clamp to the map, where the official code would
+    index out of range for a centre exactly on the far border.
+
+    Args:
+        embedding: ``(B, C, h, w)``.
+        boxes: ``(N, 4)`` xyxy in pixels of the ``image_size`` frame.
+        batch_index: ``(N,)`` int64.
+        image_size: ``(H_img, W_img)`` the map covers.
+
+    Returns:
+        ``(N, C)``.
+    """
+    h, w = embedding.shape[-2:]
+    img_h, img_w = image_size
+    centre_y = (boxes[:, 1] + boxes[:, 3]) * 0.5 / img_h * h
+    centre_x = (boxes[:, 0] + boxes[:, 2]) * 0.5 / img_w * w
+    rows = centre_y.floor().long().clamp(0, h - 1)
+    cols = centre_x.floor().long().clamp(0, w - 1)
+    return embedding[batch_index, :, rows, cols]  # (N, C)
+
+
+class MaskBranch(nn.Module):
+    """Mask logits ``(N, 1, S, S)`` for boxes, from pixel and instance embedding maps.
+
+    Args:
+        head: a registry name from ``deepmac.mask_heads.MASK_HEADS`` (e.g. ``"hourglass52"``).
+        pixel_embedding_dim: channels of the pixel embedding map (paper: 16).
+        instance_embedding_dim: channels of the instance embedding map (paper: 32).
+        mask_size: crop side ``S`` (paper: 32).
+        num_init_channels: width of the head (official ``num_init_channels``, 64).
+        use_xy: prepend the coordinate embedding (official ``use_xy``).
+        use_instance_embedding: append the instance embedding (official
+            ``use_instance_embedding``).
+    """
+
+    def __init__(
+        self,
+        head: str,
+        *,
+        pixel_embedding_dim: int = 16,
+        instance_embedding_dim: int = 32,
+        mask_size: int = 32,
+        num_init_channels: int = 64,
+        use_xy: bool = True,
+        use_instance_embedding: bool = True,
+    ) -> None:
+        super().__init__()
+        self.head_name = head
+        self.pixel_embedding_dim = pixel_embedding_dim
+        self.instance_embedding_dim = instance_embedding_dim if use_instance_embedding else 0
+        self.mask_size = mask_size
+        self.use_xy = use_xy
+        self.use_instance_embedding = use_instance_embedding
+        self.in_channels = 2 * use_xy + pixel_embedding_dim + self.instance_embedding_dim
+        self.head = build_mask_head(
+            head, self.in_channels, num_init_channels=num_init_channels, mask_size=mask_size
+        )
+        self.register_buffer("coords", coordinate_embedding(mask_size), persistent=False)
+
+    def head_inputs(
+        self,
+        pixel_embedding: Tensor,
+        instance_embedding: Tensor | None,
+        boxes: Tensor,
+        batch_index: Tensor | None,
+        image_size: tuple[float, float],
+    ) -> Tensor:
+        """The ``(N, C_in, S, S)`` mask-head input; see ``forward`` for the arguments."""
+        check_features(pixel_embedding, "pixel_embedding")
+        if pixel_embedding.shape[1] != self.pixel_embedding_dim:
+            raise ValueError(
+                f"pixel_embedding must have {self.pixel_embedding_dim} channels, "
+                f"got {pixel_embedding.shape[1]}"
+            )
+        batch_index = check_boxes_and_index(boxes, batch_index, pixel_embedding.shape[0])
+        num, size = boxes.shape[0], self.mask_size
+        parts = []
+        if self.use_xy:
+            parts.append(self.coords.to(pixel_embedding.dtype).expand(num, 2, size, size))
+        parts.append(crop_and_resize(pixel_embedding, boxes, size, batch_index, image_size))
+        if self.use_instance_embedding:
+            if (
+                instance_embedding is None
+                or instance_embedding.shape[1] != self.instance_embedding_dim
+            ):
+                found = None if instance_embedding is None else instance_embedding.shape[1]
+                raise ValueError(
+                    f"instance_embedding must have {self.instance_embedding_dim} channels, "
+                    f"got {found}"
+                )
+            centres = sample_at_box_centres(instance_embedding, boxes, batch_index, image_size)
+            parts.append(centres[:, :, None, None].expand(num, -1, size, size))
+        return torch.cat(parts, dim=1)  # (N, C_in, S, S)
+
+    def forward(
+        self,
+        pixel_embedding: Tensor,
+        instance_embedding: Tensor | None,
+        boxes: Tensor,
+        batch_index: Tensor | None,
+        image_size: tuple[float, float],
+    ) -> Tensor:
+        """Mask logits for each box.
+
+        Args:
+            pixel_embedding: ``(B, Cp, h, w)`` map.
+            instance_embedding: ``(B, Ci, h, w)`` map, or None when
+                ``use_instance_embedding`` is off.
+            boxes: ``(N, 4)`` float xyxy in pixels of the (padded) input image.
+            batch_index: ``(N,)`` int64 image of each box (None when B == 1).
+            image_size: ``(H_img, W_img)`` of the padded input the maps cover.
+
+        Returns:
+            ``(N, 1, S, S)`` box-relative mask logits.
+        """
+        inputs = self.head_inputs(
+            pixel_embedding, instance_embedding, boxes, batch_index, image_size
+        )
+        num = inputs.shape[0]
+        if num == 0:
+            # No boxes: skip the head (BatchNorm cannot normalise an empty batch); keep the
+            # result attached to the embeddings so that a loss on it back-propagates.
+            return inputs.sum() * 0 + inputs.new_zeros(0, 1, self.mask_size, self.mask_size)
+        if num == 1 and self.training:
+            # A single crop gives BatchNorm one value per channel at the 1x1 bottleneck of the
+            # deep hourglasses, where training-mode statistics are undefined. The official code
+            # never meets this (it pads to 100 boxes); we run the crop twice and keep one.
+            return self.head(inputs.expand(2, -1, -1, -1))[:1]
+        return self.head(inputs)

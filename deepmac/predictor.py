@@ -1,0 +1,176 @@
+"""``BoxPromptedSegmenter``: turn boxes of any class into masks with a trained checkpoint.
+
+    seg = BoxPromptedSegmenter.from_checkpoint("runs/demo/last.pt")
+    masks = seg.predict(image, boxes_xyxy)       # (N, H, W) bool in the image's own frame
+
+``set_image`` runs the backbone once and caches the embeddings, so several ``predict(boxes)``
+calls on one image (an annotation tool) cost only the mask branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from deepmac.config import config_from_dict
+from deepmac.data.transforms import ResizePad
+from deepmac.structures.boxes import clip_boxes
+from deepmac.structures.masks import paste_masks_in_image
+
+
+def image_to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
+    """A PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` tensor to float ``(3, H, W)``
+    RGB in 0..255."""
+    if isinstance(image, Image.Image):
+        image = np.array(image.convert("RGB"))  # a writable copy: torch wraps it without copying
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image array must be (H, W, 3) RGB, got shape {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    if isinstance(image, Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
+        return image.float()
+    raise TypeError(f"image must be a PIL image, numpy array or tensor, got {type(image).__name__}")
+
+
+def check_prompt_boxes(boxes: Tensor | np.ndarray | list, image_size: tuple[int, int]) -> Tensor:
+    """Validate user boxes and clip them to the image.
+
+    Boxes that stick out of the image are clipped (documented behaviour); a box with no area
+    left inside the image, or with non-finite coordinates, is an error naming its index.
+
+    Returns:
+        ``(N, 4)`` float32 clipped xyxy boxes.
+    """
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be (N, 4) xyxy, got shape {tuple(boxes.shape)}")
+    bad = ~torch.isfinite(boxes).all(dim=1)
+    clipped = clip_boxes(boxes.nan_to_num(0.0), image_size)
+    bad |= (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    if bad.any():
+        index = torch.nonzero(bad)[:5, 0].tolist()
+        raise ValueError(
+            f"{int(bad.sum())} box(es) have no area inside the {image_size[1]}x{image_size[0]} "
+            f"image (indices {index}, first {boxes[index[0]].tolist()}); expected x1 < x2, y1 < y2 "
+            f"overlapping the image"
+        )
+    return clipped
+
+
+class BoxPromptedSegmenter:
+    """Box-prompted segmentation with a ``BoxPromptedDeepMAC`` model.
+
+    Args:
+        model: the network (put in eval mode here).
+        image_size: long side the image is resized to (the training ``data.image_size``).
+        box_chunk: boxes run through the mask branch at once (bounds memory for huge box sets).
+        amp_dtype: e.g. ``torch.bfloat16`` for CPU autocast, or None for float32.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        image_size: int,
+        box_chunk: int = 256,
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.resize = ResizePad(image_size)
+        self.box_chunk = box_chunk
+        self.amp_dtype = amp_dtype
+        self._cache: dict | None = None
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, *, box_chunk: int = 256, amp_dtype: torch.dtype | None = None
+    ) -> BoxPromptedSegmenter:
+        """Rebuild the model from a training checkpoint (``OUT/last.pt``)."""
+        from deepmac.engine import load_checkpoint
+        from deepmac.models.build import build_model
+
+        ckpt = load_checkpoint(path, expected_model_type="box_prompted")
+        cfg = config_from_dict(ckpt["config"])
+        cfg.model.backbone_init = None  # the checkpoint holds the trained weights
+        model = build_model(cfg.model)
+        model.load_state_dict(ckpt["model"])
+        return cls(model, image_size=cfg.data.image_size, box_chunk=box_chunk, amp_dtype=amp_dtype)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=self.amp_dtype)
+
+    @torch.no_grad()
+    def set_image(self, image: Image.Image | np.ndarray | Tensor) -> None:
+        """Run the backbone on ``image`` and cache its embeddings."""
+        pixels = image_to_tensor(image)
+        height, width = pixels.shape[-2:]
+        resized, target = self.resize(pixels, {})
+        new_h, new_w = target["size"]
+        with self._autocast():
+            ((pixel, instance),) = self.model.embeddings(resized[None])
+        self._cache = {
+            "pixel": pixel.float(),
+            "instance": None if instance is None else instance.float(),
+            "input_size": tuple(resized.shape[-2:]),
+            "image_size": (height, width),
+            "scale": torch.tensor([new_w / width, new_h / height] * 2),
+        }
+
+    def predict_probs(self, boxes: Tensor | np.ndarray | list) -> Tensor:
+        """Box-relative mask probabilities ``(N, S, S)`` for boxes on the cached image."""
+        return self._probs(check_prompt_boxes(boxes, self._cached()["image_size"]))
+
+    def _cached(self) -> dict:
+        if self._cache is None:
+            raise RuntimeError("call set_image(image) before predict(boxes)")
+        return self._cache
+
+    @torch.no_grad()
+    def _probs(self, boxes: Tensor) -> Tensor:
+        """``(N, S, S)`` probabilities for validated, clipped boxes of the original image."""
+        cache = self._cached()
+        input_boxes = boxes * cache["scale"]
+        branch = self.model.mask_branch
+        probs = []
+        for start in range(0, len(boxes), self.box_chunk):
+            chunk = input_boxes[start : start + self.box_chunk]
+            with self._autocast():
+                logits = branch(cache["pixel"], cache["instance"], chunk, None, cache["input_size"])
+            probs.append(logits.float().sigmoid()[:, 0])
+        if not probs:
+            return torch.zeros(0, branch.mask_size, branch.mask_size)
+        return torch.cat(probs)
+
+    def predict(
+        self,
+        image: Image.Image | np.ndarray | Tensor | None,
+        boxes: Tensor | np.ndarray | list,
+        *,
+        threshold: float = 0.5,
+    ) -> Tensor:
+        """Masks for ``boxes`` (xyxy pixels of ``image``), pasted into the image frame.
+
+        Args:
+            image: the image, or None to reuse the one given to ``set_image``.
+            boxes: ``(N, 4)`` xyxy in pixels of the original image.
+            threshold: probability above which a pixel is in the mask (strict).
+
+        Returns:
+            ``(N, H, W)`` bool masks.
+        """
+        if image is not None:
+            self.set_image(image)
+        image_size = self._cached()["image_size"]
+        clipped = check_prompt_boxes(boxes, image_size)
+        return paste_masks_in_image(self._probs(clipped), clipped, image_size, threshold)

@@ -1,0 +1,316 @@
+"""Box-prompted Deep-MAC: mask branch, partial-mask loss, training, resume, predict round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from deepmac.config import apply_overrides
+from deepmac.data import demo_data_root
+from deepmac.models import MaskBranch, sample_at_box_centres
+from deepmac.models.instances import gather_training_instances
+from deepmac.models.losses import deepmac_mask_loss
+from deepmac.predictor import BoxPromptedSegmenter, check_prompt_boxes
+from deepmac.presets import get_preset
+from deepmac.prompts import load_box_prompts
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- mask branch
+
+
+def test_mask_branch_input_layout_and_output_shape():
+    branch = MaskBranch("resnet4", pixel_embedding_dim=16, instance_embedding_dim=32)
+    pixel = torch.randn(2, 16, 16, 16)
+    instance = torch.randn(2, 32, 16, 16)
+    boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0], [8.0, 16.0, 40.0, 60.0], [0.0, 0.0, 10.0, 10.0]])
+    index = torch.tensor([0, 1, 1])
+    inputs = branch.head_inputs(pixel, instance, boxes, index, (64, 64))
+    assert inputs.shape == (3, 50, 32, 32)
+    # (y, x) coordinates first, end points included.
+    assert inputs[0, 0, 0, 0] == -1 and inputs[0, 0, -1, 0] == 1 and inputs[0, 1, 0, -1] == 1
+    # The whole-image crop of a 16x16 map at 32 samples starts and ends on the corner pixels.
+    torch.testing.assert_close(inputs[0, 2:18, 0, 0], pixel[0, :, 0, 0])
+    torch.testing.assert_close(inputs[0, 2:18, -1, -1], pixel[0, :, -1, -1])
+    # Instance embedding last, read at floor(centre / 64 * 16): box 1 centre (24, 38) -> (9, 6).
+    torch.testing.assert_close(inputs[1, 18:, 5, 7], instance[1, :, 9, 6])
+    assert branch(pixel, instance, boxes, index, (64, 64)).shape == (3, 1, 32, 32)
+
+
+def test_sample_at_box_centres_floors_and_clamps():
+    emb = torch.arange(16.0).view(1, 1, 4, 4)
+    boxes = torch.tensor([[0.0, 0.0, 7.9, 7.9], [8.0, 8.0, 16.0, 16.0]])  # centres 3.95 and 12
+    out = sample_at_box_centres(emb, boxes, torch.zeros(2, dtype=torch.long), (16, 16))
+    # 3.95 / 16 * 4 = 0.99 -> pixel 0; 12 / 16 * 4 = 3 -> pixel 3.
+    assert out[:, 0].tolist() == [0.0, 15.0]
+
+
+def test_mask_branch_switches_and_errors():
+    branch = MaskBranch("resnet4", use_xy=False, use_instance_embedding=False)
+    assert branch.in_channels == 16
+    out = branch(torch.randn(1, 16, 8, 8), None, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), None, (8, 8))
+    assert out.shape == (1, 1, 32, 32)
+    with pytest.raises(ValueError, match="16 channels, got 8"):
+        branch(torch.randn(1, 8, 8, 8), None, torch.zeros(1, 4), None, (8, 8))
+    with pytest.raises(ValueError, match="instance_embedding must have 32 channels"):
+        MaskBranch("resnet4")(torch.randn(1, 16, 8, 8), None, torch.zeros(1, 4), None, (8, 8))
+
+
+def test_mask_branch_zero_and_one_box_in_training():
+    branch = MaskBranch("hourglass52").train()  # its bottleneck is 1x1: BN needs 2 crops
+    pixel = torch.randn(1, 16, 8, 8, requires_grad=True)
+    instance = torch.randn(1, 32, 8, 8)
+    empty = branch(pixel, instance, torch.zeros(0, 4), None, (32, 32))
+    assert empty.shape == (0, 1, 32, 32)
+    one = branch(pixel, instance, torch.tensor([[2.0, 2.0, 20.0, 30.0]]), None, (32, 32))
+    assert one.shape == (1, 1, 32, 32) and torch.isfinite(one).all()
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_mask_loss_ignores_instances_without_masks():
+    gen = torch.Generator().manual_seed(0)
+    logits = [torch.randn(3, 1, 4, 4, generator=gen, requires_grad=True)]
+    targets = torch.rand(3, 4, 4, generator=gen)
+    has_mask = torch.tensor([True, False, True])
+    loss = deepmac_mask_loss(logits, targets, has_mask)
+    changed = targets.clone()
+    changed[1] = 1 - changed[1]
+    assert loss == deepmac_mask_loss(logits, changed, has_mask)
+    loss.backward()
+    assert logits[0].grad[1].abs().sum() == 0 and logits[0].grad[0].abs().sum() > 0
+
+
+def test_mask_loss_hand_value_and_no_supervision():
+    # A zero logit costs ln 2 whatever the target; two stacks are averaged.
+    logits = [torch.zeros(2, 1, 3, 3), torch.zeros(2, 1, 3, 3)]
+    loss = deepmac_mask_loss(logits, torch.rand(2, 3, 3), torch.tensor([True, True]))
+    assert loss.item() == pytest.approx(math.log(2))
+    nothing = deepmac_mask_loss(
+        [torch.randn(2, 1, 3, 3, requires_grad=True)],
+        torch.rand(2, 3, 3),
+        torch.zeros(2, dtype=torch.bool),
+    )
+    assert nothing.item() == 0.0
+    nothing.backward()  # a graph to back-propagate through, never NaN
+    empty = deepmac_mask_loss(
+        [torch.zeros(0, 1, 3, 3, requires_grad=True)],
+        torch.zeros(0, 3, 3),
+        torch.zeros(0, dtype=torch.bool),
+    )
+    assert empty.item() == 0.0
+
+
+def test_gather_training_instances_caps_and_crops_only_masked():
+    masks = torch.zeros(5, 20, 20, dtype=torch.bool)
+    masks[:, 5:15, 5:15] = True
+    target = {
+        "boxes": torch.tensor([[5.0, 5.0, 15.0, 15.0]] * 5),
+        "gt_masks": masks,
+        "has_mask": torch.tensor([True, False, True, False, True]),
+    }
+    inst = gather_training_instances([target, target], mask_size=8, max_instances=3)
+    assert inst.boxes.shape == (6, 4) and inst.batch_index.tolist() == [0, 0, 0, 1, 1, 1]
+    # Inside the box the target is 1; the edge samples (box edges are sample points, TF
+    # convention) straddle the mask border and are soft.
+    assert inst.mask_targets[inst.has_mask][:, 1:-1, 1:-1].min() == 1.0
+    assert inst.mask_targets[inst.has_mask].min() > 0.5
+    assert inst.mask_targets[~inst.has_mask].abs().sum() == 0
+
+
+# ----------------------------------------------------------------------------- predictor input
+
+
+def test_prompt_boxes_clip_and_reject():
+    clipped = check_prompt_boxes([[-10.0, 5.0, 50.0, 200.0]], (100, 40))
+    assert clipped.tolist() == [[0.0, 5.0, 40.0, 100.0]]
+    with pytest.raises(ValueError, match="no area inside"):
+        check_prompt_boxes([[10.0, 10.0, 10.0, 30.0]], (100, 100))
+    with pytest.raises(ValueError, match="no area inside"):
+        check_prompt_boxes([[200.0, 200.0, 300.0, 300.0]], (100, 100))
+    with pytest.raises(ValueError, match="\\(N, 4\\)"):
+        check_prompt_boxes([[1.0, 2.0, 3.0]], (100, 100))
+
+
+def test_load_box_prompts_formats_and_errors(tmp_path):
+    ann = demo_data_root() / "annotations" / "instances_val2017.json"
+    data = json.loads(ann.read_text())
+    files = [im["file_name"] for im in data["images"]]
+    prompts = load_box_prompts(ann, files)
+    first = data["images"][0]
+    num = sum(1 for a in data["annotations"] if a["image_id"] == first["id"] and not a["iscrowd"])
+    assert len(prompts[first["file_name"]].boxes) == num
+    results = tmp_path / "dets.json"
+    results.write_text(
+        json.dumps(
+            [{"image_id": first["id"], "bbox": [1, 2, 30, 40], "category_id": 7, "score": 0.5}]
+        )
+    )
+    from_results = load_box_prompts(results, files)
+    assert from_results[first["file_name"]].boxes.tolist() == [[1.0, 2.0, 31.0, 42.0]]
+    with pytest.raises(ValueError, match="not among the 1 given image"):
+        load_box_prompts(ann, files[:1])
+    results.write_text(json.dumps([{"image_id": 1, "bbox": [1, 2, 3]}]))
+    with pytest.raises(ValueError, match="\\[x, y, w, h\\]"):
+        load_box_prompts(results, files)
+    results.write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_box_prompts(results, files)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def tiny_config(**extra):
+    cfg = get_preset("box_prompted_demo")
+    apply_overrides(
+        cfg,
+        [
+            "data.image_size=64",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "data.max_instances=4",
+            "model.mask_head=resnet4",
+            "model.mask_size=16",
+            "model.embedding_head_channels=16",
+            "train.warmup_steps=1",
+            "train.log_every=1",
+            "train.checkpoint_every=0",
+            *[f"{k}={v}" for k, v in extra.items()],
+        ],
+    )
+    return cfg
+
+
+def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
+    from deepmac import experiment
+
+    cfg = tiny_config(**{"train.steps": 4, "train.checkpoint_every": 2})
+    experiment.run_training(cfg, tmp_path / "straight", progress=False)
+
+    # The same run, interrupted during step 3 (after the step-2 checkpoint), then resumed.
+    real_call = experiment.BoxPromptedStep.__call__
+    calls = {"n": 0}
+
+    def interrupted(self, model, criterion, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_call(self, model, criterion, batch)
+
+    monkeypatch.setattr(experiment.BoxPromptedStep, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run_training(cfg, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(experiment.BoxPromptedStep, "__call__", real_call)
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["step"] == 2
+    experiment.run_training(cfg, tmp_path / "resumed", resume=True, progress=False)
+
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_train_predict_round_trip_and_bad_checkpoints(tmp_path):
+    from pycocotools.coco import COCO
+
+    from deepmac.cli.main import main
+
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "box_prompted_demo",
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "--no-progress",
+                "data.image_size=64",
+                "data.batch_size=2",
+                "data.num_workers=0",
+                "data.max_instances=4",
+                "model.mask_head=resnet4",
+                "model.mask_size=16",
+                "model.embedding_head_channels=16",
+            ]
+        )
+        == 0
+    )
+    assert (run / "last.pt").is_file() and (run / "config.json").is_file()
+    assert (run / "metrics.jsonl").read_text().count("loss_mask") >= 1
+
+    root = demo_data_root()
+    ann = root / "annotations" / "instances_val2017.json"
+    out = tmp_path / "masks.json"
+    assert (
+        main(
+            [
+                "predict",
+                str(run / "last.pt"),
+                "--images",
+                str(root / "val2017"),
+                "--boxes",
+                str(ann),
+                "--out",
+                str(out),
+                "--viz",
+                str(tmp_path / "viz"),
+            ]
+        )
+        == 0
+    )
+    gt = COCO(str(ann))
+    dets = gt.loadRes(str(out))
+    num_gt = len([a for a in gt.dataset["annotations"] if not a["iscrowd"]])
+    assert len(dets.getAnnIds()) == num_gt
+    assert len(list((tmp_path / "viz").glob("*.png"))) == len(gt.getImgIds())
+
+    metrics_path = tmp_path / "m.json"
+    assert (
+        main(
+            [
+                "eval",
+                str(run / "last.pt"),
+                "--max-images",
+                "2",
+                "--out",
+                str(metrics_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads(metrics_path.read_text())
+    assert 0.0 <= metrics["mask_iou/all/mIoU"] <= 1.0
+
+    seg = BoxPromptedSegmenter.from_checkpoint(run / "last.pt", box_chunk=2)
+    image = np.zeros((50, 70, 3), dtype=np.uint8)
+    boxes = torch.tensor([[1.0, 1.0, 30.0, 40.0], [10.0, 5.0, 69.0, 49.0], [0.0, 0.0, 70.0, 50.0]])
+    chunked = seg.predict(image, boxes)
+    seg.box_chunk = 256
+    assert chunked.shape == (3, 50, 70) and chunked.dtype == torch.bool
+    assert torch.equal(chunked, seg.predict(None, boxes))
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert main(["eval", str(corrupt)]) == 1
+    other = torch.load(run / "last.pt", weights_only=True)
+    other["model_type"] = "deepmarc"
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="deepmarc"):
+        BoxPromptedSegmenter.from_checkpoint(tmp_path / "other.pt")
