@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import time_ms
 from torch import Tensor, nn
 
 from deepmac.mask_heads import MASK_HEADS, build_mask_head, count_params, fuse_for_inference
@@ -61,18 +59,6 @@ def count_flops(module: nn.Module, features: Tensor) -> int:
     for handle in handles:
         handle.remove()
     return total
-
-
-def time_ms(fn: Callable[[], object], *, warmup: int, repeats: int) -> float:
-    """Median wall-clock milliseconds of ``fn()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def bench_head(name: str, batch: int, args: argparse.Namespace, tf: dict) -> dict:

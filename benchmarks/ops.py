@@ -11,26 +11,14 @@ into a 640x480 image) is timed against a full-image ``grid_sample`` paste.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import time_ms
 
 from deepmac.ops import crop_and_resize, roi_align
 from deepmac.ops.crop_and_resize import crop_sample_points
 from deepmac.structures.masks import paste_masks_in_image
-
-
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def naive_crop(features, boxes, batch_index, size):
@@ -88,8 +76,8 @@ def main() -> None:
     results = {}
     for name, op in rows:
         with torch.no_grad():
-            fwd = median_ms(lambda op=op: op(features), args.repeats)
-        fb = median_ms(forward_backward(op), args.repeats)
+            fwd = time_ms(lambda op=op: op(features), repeats=args.repeats)
+        fb = time_ms(forward_backward(op), repeats=args.repeats)
         results[name] = (fwd, fb)
         print(f"{name:34s} {fwd:9.2f} {fb:11.2f}")
     ours, ref = results["crop_and_resize 32x32"], results["  reference: naive per-box copy"]
@@ -101,7 +89,9 @@ def main() -> None:
     probs = torch.rand(100, 32, 32, generator=gen)
     xy = torch.rand(100, 2, generator=gen) * 400
     paste_boxes = torch.cat([xy, xy + 8 + torch.rand(100, 2, generator=gen) * 200], dim=1)
-    ms_paste = median_ms(lambda: paste_masks_in_image(probs, paste_boxes, (480, 640)), args.repeats)
+    ms_paste = time_ms(
+        lambda: paste_masks_in_image(probs, paste_boxes, (480, 640)), repeats=args.repeats
+    )
     print(f"{'paste_masks_in_image 100 -> 480x640':34s} {ms_paste:9.2f}")
 
 

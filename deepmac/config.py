@@ -45,8 +45,8 @@ class ModelConfig:
 class DataConfig:
     """Where the images come from and how they are prepared."""
 
-    #: COCO-style roots (``annotations/instances_<split>.json`` + ``<split>/``); empty = the
-    #: embedded demo sample.
+    #: COCO-style roots (``annotations/instances_<split>.json`` + ``<split>/``), each ``ROOT``
+    #: or ``ROOT@SPLIT``; empty = the embedded demo sample.
     roots: list[str] = field(default_factory=list)
     train_split: str = "train2017"
     val_split: str = "val2017"

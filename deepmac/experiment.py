@@ -34,13 +34,20 @@ logger = logging.getLogger(__name__)
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
 
 
-def data_roots(cfg: ExperimentConfig) -> list[Path]:
-    """The training roots; the embedded demo sample when none is given."""
-    return [Path(r) for r in cfg.data.roots] or [demo_data_root()]
+def training_sets(cfg: ExperimentConfig) -> list[tuple[Path, str]]:
+    """``(root, split)`` of every training set. ``data.roots`` entries are ``ROOT`` (split
+    ``data.train_split``) or ``ROOT@SPLIT``; none means the embedded demo sample."""
+    if not cfg.data.roots:
+        return [(demo_data_root(), cfg.data.train_split)]
+    sets = []
+    for entry in cfg.data.roots:
+        root, _, split = str(entry).partition("@")
+        sets.append((Path(root), split or cfg.data.train_split))
+    return sets
 
 
 def eval_root(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.data.val_root) if cfg.data.val_root else data_roots(cfg)[0]
+    return Path(cfg.data.val_root) if cfg.data.val_root else training_sets(cfg)[0][0]
 
 
 def amp_dtype(name: str) -> torch.dtype | None:
@@ -127,10 +134,8 @@ def run_training(
         else build_eval_transforms(cfg.data.image_size)
     )
     datasets = [
-        CocoInstances(
-            root, cfg.data.train_split, mask_split=cfg.data.mask_split, transforms=transforms
-        )
-        for root in data_roots(cfg)
+        CocoInstances(root, split, mask_split=cfg.data.mask_split, transforms=transforms)
+        for root, split in training_sets(cfg)
     ]
     loader = build_train_loader(
         datasets,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepmac.backbones.base import Backbone
-from deepmac.backbones.neck import FPNLiteNeck
+from deepmac.backbones.neck import TrunkWithNeck
 
 __all__ = [
     "LITE0_STAGES",
@@ -185,7 +185,7 @@ class EfficientNetLiteTrunk(nn.Module):
         return features
 
 
-class EfficientNetLiteBackbone(Backbone):
+class EfficientNetLiteBackbone(TrunkWithNeck, Backbone):
     """EfficientNet-Lite0 trunk (``body``) + FPN-lite neck (``neck``): one stride-4 map.
 
     Args:
@@ -205,15 +205,7 @@ class EfficientNetLiteBackbone(Backbone):
     ) -> None:
         super().__init__()
         self.body = EfficientNetLiteTrunk(drop_connect_rate=drop_connect_rate)
-        self.neck = FPNLiteNeck(
-            self.body.out_channels, out_channels=out_channels, widths=neck_widths
-        )
-        self.out_channels = out_channels
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """``(B, 3, H, W)`` normalised images -> ``[(B, C_out, H/4, W/4)]``."""
-        self.check_images(images)
-        return [self.neck(self.body(images))]
+        self._attach_neck(out_channels, neck_widths)
 
 
 def efficientnet_lite0_weights_path() -> Path | None:

@@ -86,3 +86,22 @@ class FPNLiteNeck(nn.Module):
             x = F.interpolate(x, size=finer.shape[-2:], mode="nearest")  # UpSampling2D(2)
             x = conv(x + lateral(finer))
         return x
+
+
+class TrunkWithNeck(nn.Module):
+    """A classifier trunk (``body``, returning C2..C5) + ``FPNLiteNeck`` (``neck``): the
+    one-map backbones. Subclasses build the trunk and call ``_attach_neck``."""
+
+    body: nn.Module
+    out_channels: int
+
+    def _attach_neck(self, out_channels: int, neck_widths: Sequence[int] | None) -> None:
+        self.neck = FPNLiteNeck(
+            self.body.out_channels, out_channels=out_channels, widths=neck_widths
+        )
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """``(B, 3, H, W)`` normalised images -> ``[(B, C_out, H/4, W/4)]``."""
+        self.check_images(images)
+        return [self.neck(self.body(images))]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from deepmac.backbones.base import Backbone
-from deepmac.backbones.neck import FPNLiteNeck
+from deepmac.backbones.neck import TrunkWithNeck
 
 __all__ = ["RESNET_SPECS", "BasicBlock", "Bottleneck", "ResNetBackbone", "ResNetTrunk"]
 
@@ -127,7 +127,7 @@ class ResNetTrunk(nn.Module):
         return features
 
 
-class ResNetBackbone(Backbone):
+class ResNetBackbone(TrunkWithNeck, Backbone):
     """ResNet trunk (``body``) + FPN-lite neck (``neck``): one stride-4 map.
 
     Args:
@@ -144,12 +144,4 @@ class ResNetBackbone(Backbone):
         super().__init__()
         block, layers = RESNET_SPECS[name]
         self.body = ResNetTrunk(block=block, layers=layers)
-        self.neck = FPNLiteNeck(
-            self.body.out_channels, out_channels=out_channels, widths=neck_widths
-        )
-        self.out_channels = out_channels
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """``(B, 3, H, W)`` normalised images -> ``[(B, C_out, H/4, W/4)]``."""
-        self.check_images(images)
-        return [self.neck(self.body(images))]
+        self._attach_neck(out_channels, neck_widths)

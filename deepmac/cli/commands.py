@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 def run_train(args: argparse.Namespace) -> int:
     from deepmac.config import apply_overrides, load_config
-    from deepmac.experiment import run_training
+    from deepmac.experiment import run_training, training_sets
     from deepmac.presets import describe_presets, get_preset
 
     if args.list:
@@ -36,8 +36,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.init is not None:
         cfg.model.backbone_init = args.init
     apply_overrides(cfg, args.overrides)
-    for root in cfg.data.roots:
-        if not (Path(root) / "annotations").is_dir():
+    for root, _ in training_sets(cfg) if cfg.data.roots else []:
+        if not (root / "annotations").is_dir():
             raise FileNotFoundError(
                 f"data root {root} has no annotations/ folder; expected the COCO layout "
                 f"annotations/instances_<split>.json + <split>/ images"

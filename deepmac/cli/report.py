@@ -19,12 +19,17 @@ def print_metrics(metrics: dict[str, float | int], title: str | None = None) -> 
         columns += [c for c in values if c not in columns]
     if title:
         print(title)
-    print(f"{'':18s}" + "".join(f"{c:>10s}" for c in columns))
+    width = max([10, *(len(c) + 2 for c in columns)])
+    label = max([18, *(len(p) + 2 for p in rows)])
+    print(" " * label + "".join(f"{c:>{width}s}" for c in columns))
     for prefix, values in rows.items():
         cells = []
         for c in columns:
             v = values.get(c)
-            cells.append(
-                f"{'':>10s}" if v is None else f"{v:10.3f}" if isinstance(v, float) else f"{v:10d}"
-            )
-        print(f"{prefix:18s}" + "".join(cells))
+            if v is None:
+                cells.append(" " * width)
+            elif isinstance(v, float):
+                cells.append(f"{v:{width}.3f}")
+            else:
+                cells.append(f"{v:{width}d}")
+        print(f"{prefix:{label}s}" + "".join(cells))

@@ -1,8 +1,10 @@
-"""Input validation shared by the ops: tensor shapes and dtypes named in every error."""
+"""What the crop ops share: input validation (expected vs found in every error) and the
+per-image bilinear sampling of box grids."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from deepmac.structures.boxes import check_boxes
@@ -72,3 +74,36 @@ def sampling_layout(features: Tensor) -> Tensor:
     if features.shape[1] > 1 and features.device.type == "cpu":
         return features.contiguous(memory_format=torch.channels_last)
     return features
+
+
+def sample_box_grids(
+    features: Tensor, grid: Tensor, batch_index: Tensor, padding_mode: str
+) -> Tensor:
+    """Bilinear samples of ``features`` at per-box grids, ``(N, C, P, Q)``.
+
+    Args:
+        features: ``(B, C, h, w)``.
+        grid: ``(N, P, Q, 2)`` ``grid_sample`` coordinates (x, y; ``align_corners=False``).
+        batch_index: ``(N,)`` int64 image of each box.
+        padding_mode: ``"zeros"`` (TF crop) or ``"border"`` (RoIAlign clamping).
+    """
+    num, num_p, num_q = grid.shape[:3]
+    channels = features.shape[1]
+    sample = lambda f, g: F.grid_sample(  # noqa: E731
+        f, g, mode="bilinear", padding_mode=padding_mode, align_corners=False
+    )
+    if features.shape[0] == num and torch.equal(
+        batch_index, torch.arange(num, device=batch_index.device)
+    ):
+        # One box per image (e.g. GT-mask targets): a single batched call.
+        return sample(features, grid)
+    out = features.new_zeros(num, channels, num_p, num_q)
+    for image in batch_index.unique().tolist():
+        (idx,) = torch.nonzero(batch_index == image, as_tuple=True)
+        # The boxes of one image stacked along the grid height: one grid_sample call per image,
+        # without copying the feature map once per box.
+        image_grid = grid[idx].reshape(1, idx.numel() * num_p, num_q, 2)
+        values = sample(sampling_layout(features[image : image + 1]), image_grid)  # (1, C, n*P, Q)
+        # Under autocast grid_sample computes in float32: cast back to the buffer's dtype.
+        out[idx] = values.reshape(channels, idx.numel(), num_p, num_q).transpose(0, 1).to(out.dtype)
+    return out

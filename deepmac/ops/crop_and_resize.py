@@ -14,7 +14,6 @@ reference/official-implementation.md §1.5):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from deepmac.ops._checks import (
@@ -22,7 +21,7 @@ from deepmac.ops._checks import (
     check_features,
     output_hw,
     pixel_to_grid,
-    sampling_layout,
+    sample_box_grids,
 )
 
 
@@ -66,7 +65,7 @@ def crop_and_resize(
     check_features(features)
     batch_index = check_boxes_and_index(boxes, batch_index, features.shape[0])
     out_h, out_w = output_hw(output_size)
-    num_boxes, channels = boxes.shape[0], features.shape[1]
+    num_boxes = boxes.shape[0]
     h, w = features.shape[-2:]
     img_h, img_w = (h, w) if image_size is None else image_size
 
@@ -77,26 +76,4 @@ def crop_and_resize(
     grid_x = pixel_to_grid(xs, w)[:, None, :].expand(num_boxes, out_h, out_w)
     grid = torch.stack([grid_x, grid_y], dim=-1)  # (N, S_h, S_w, 2)
 
-    if features.shape[0] == num_boxes and torch.equal(
-        batch_index, torch.arange(num_boxes, device=batch_index.device)
-    ):
-        # One box per image (e.g. GT-mask targets): a single batched call.
-        return F.grid_sample(
-            features, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-
-    out = features.new_zeros(num_boxes, channels, out_h, out_w)
-    for image in batch_index.unique().tolist():
-        (idx,) = torch.nonzero(batch_index == image, as_tuple=True)
-        # Stack the boxes of one image along the grid height: one grid_sample call per image,
-        # without copying the feature map once per box.
-        image_grid = grid[idx].reshape(1, idx.numel() * out_h, out_w, 2)
-        crops = F.grid_sample(
-            sampling_layout(features[image : image + 1]),
-            image_grid,
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=False,
-        )  # (1, C, n * S_h, S_w)
-        out[idx] = crops.reshape(channels, idx.numel(), out_h, out_w).transpose(0, 1).to(out.dtype)
-    return out
+    return sample_box_grids(features, grid, batch_index, padding_mode="zeros")

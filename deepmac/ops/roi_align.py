@@ -25,7 +25,7 @@ from deepmac.ops._checks import (
     check_features,
     output_hw,
     pixel_to_grid,
-    sampling_layout,
+    sample_box_grids,
 )
 
 
@@ -44,7 +44,7 @@ def _roi_align_fixed_ratio(
     ratio: tuple[int, int],
 ) -> Tensor:
     """RoIAlign for boxes that share one ``(ratio_h, ratio_w)``; returns ``(N, C, S_h, S_w)``."""
-    num_boxes, channels = starts.shape[0], features.shape[1]
+    num_boxes = starts.shape[0]
     h, w = features.shape[-2:]
     (out_h, out_w), (ratio_h, ratio_w) = out_hw, ratio
     ys = _bin_sample_points(starts[:, 1], bin_sizes[:, 1], out_h, ratio_h)  # (N, P)
@@ -61,20 +61,7 @@ def _roi_align_fixed_ratio(
         ],
         dim=-1,
     )  # (N, P, Q, 2)
-    samples = features.new_zeros(num_boxes, channels, num_p, num_q)
-    for image in batch_index.unique().tolist():
-        (idx,) = torch.nonzero(batch_index == image, as_tuple=True)
-        image_grid = grid[idx].reshape(1, idx.numel() * num_p, num_q, 2)
-        values = F.grid_sample(
-            sampling_layout(features[image : image + 1]),
-            image_grid,
-            mode="bilinear",
-            padding_mode="border",
-            align_corners=False,
-        )  # (1, C, n * P, Q)
-        samples[idx] = (
-            values.reshape(channels, idx.numel(), num_p, num_q).transpose(0, 1).to(samples.dtype)
-        )
+    samples = sample_box_grids(features, grid, batch_index, padding_mode="border")
     samples = samples * valid[:, None].to(samples.dtype)
     return F.avg_pool2d(samples, kernel_size=(ratio_h, ratio_w))  # (N, C, S_h, S_w)
 
