@@ -305,6 +305,12 @@ def test_train_predict_round_trip_and_bad_checkpoints(tmp_path):
     seg.box_chunk = 256
     assert chunked.shape == (3, 50, 70) and chunked.dtype == torch.bool
     assert torch.equal(chunked, seg.predict(None, boxes))
+    # The fused inference head gives the probabilities of the trained, unfused one.
+    plain = BoxPromptedSegmenter.from_checkpoint(run / "last.pt", fuse=False)
+    plain.set_image(image)
+    torch.testing.assert_close(
+        seg.predict_probs(boxes), plain.predict_probs(boxes), atol=1e-4, rtol=0
+    )
 
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
