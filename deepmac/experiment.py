@@ -7,6 +7,7 @@ benchmarks call it.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from deepmac.data import (
 )
 from deepmac.engine import build_warmup_cosine, resume_from, train
 from deepmac.evaluation import CocoEvaluator, MaskIoUEvaluator
+from deepmac.instance_predictor import DeepMACPredictor
 from deepmac.models.build import build_model
+from deepmac.models.centernet import centernet_losses, encode_centernet_targets
 from deepmac.models.instances import gather_training_instances
 from deepmac.models.losses import deepmac_mask_loss
 from deepmac.predictor import BoxPromptedSegmenter
@@ -78,6 +81,50 @@ class BoxPromptedStep:
         return {"loss_mask": self.mask_loss_weight * loss}
 
 
+class DeepMACStep(BoxPromptedStep):
+    """One Deep-MAC training pass: CenterNet losses on every box, mask loss on the
+    ground-truth boxes (weighted by ``has_mask``), both averaged over the backbone stacks."""
+
+    def __init__(self, *, num_classes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+
+    def __call__(self, model, criterion, batch) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        stride = 4  # every backbone's output stride
+        height, width = images.tensor.shape[-2] // stride, images.tensor.shape[-1] // stride
+        centernet_targets = [
+            encode_centernet_targets(
+                t["boxes"],
+                t["labels"],
+                num_classes=self.num_classes,
+                output_size=(height, width),
+                stride=stride,
+            )
+            for t in targets
+        ]
+        # Padding is not image: the heatmap loss ignores it (official valid-pixel weights).
+        valid = torch.zeros(len(targets), 1, height, width, device=images.tensor.device)
+        for b, (h, w) in enumerate(images.image_sizes):
+            valid[b, :, : math.ceil(h / stride), : math.ceil(w / stride)] = 1
+        instances = gather_training_instances(
+            targets, mask_size=self.mask_size, max_instances=self.max_instances
+        )
+        outputs = model(images.tensor, instances.boxes, instances.batch_index)
+        losses = centernet_losses(
+            outputs.center_heatmap,
+            outputs.box_size,
+            outputs.center_offset,
+            centernet_targets,
+            valid,
+        )
+        mask_loss = deepmac_mask_loss(
+            outputs.mask_logits, instances.mask_targets, instances.has_mask
+        )
+        losses["loss_mask"] = self.mask_loss_weight * mask_loss
+        return losses
+
+
 def evaluate_box_prompted(
     segmenter: BoxPromptedSegmenter,
     dataset: CocoInstances,
@@ -112,6 +159,61 @@ def evaluate_box_prompted(
     return {**miou.evaluate(), **coco.evaluate()}, coco.results
 
 
+def evaluate_deepmac(
+    predictor: DeepMACPredictor,
+    dataset: CocoInstances,
+    *,
+    max_images: int = 0,
+    progress: bool = False,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Detect and segment every image; COCO box and mask AP overall / VOC / non-VOC.
+
+    Returns:
+        ``(metrics, coco_results)``.
+    """
+    coco = CocoEvaluator(dataset.ann_file)
+    count = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
+    for index in tqdm(range(count), desc="eval", disable=not progress, leave=False):
+        inst = predictor.predict(dataset.load_image(index))
+        image_id = dataset.image_info(index)["id"]
+        coco.process(image_id, inst.boxes, inst.scores, inst.category_ids, inst.masks)
+    return coco.evaluate(), coco.results
+
+
+def evaluate_model(
+    model,
+    cfg: ExperimentConfig,
+    dataset: CocoInstances,
+    *,
+    max_images: int = 0,
+    progress: bool = False,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Evaluate a model in memory the way its type is scored: Deep-MAC by detection AP,
+    the box-prompted model by mIoU and AP from ground-truth boxes."""
+    if cfg.model.type == "deepmac":
+        predictor = DeepMACPredictor(
+            model,
+            image_size=cfg.data.image_size,
+            category_ids=cfg.model.category_ids,
+            class_names=cfg.model.class_names,
+        )
+        return evaluate_deepmac(predictor, dataset, max_images=max_images, progress=progress)
+    segmenter = BoxPromptedSegmenter(model, image_size=cfg.data.image_size)
+    return evaluate_box_prompted(segmenter, dataset, max_images=max_images, progress=progress)
+
+
+def training_step(cfg: ExperimentConfig) -> BoxPromptedStep:
+    """The engine's ``forward_step`` for the model type of ``cfg``."""
+    common = dict(
+        mask_size=cfg.model.mask_size,
+        max_instances=cfg.data.max_instances,
+        mask_loss_weight=cfg.train.mask_loss_weight,
+    )
+    if cfg.model.type == "deepmac":
+        return DeepMACStep(num_classes=cfg.model.num_classes, **common)
+    return BoxPromptedStep(**common)
+
+
 def run_training(
     cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -144,6 +246,15 @@ def run_training(
         cfg.train.seed,
         size_divisibility=model.size_multiple,
     )
+    if cfg.model.type == "deepmac":
+        # The heatmap has one channel per class of the training data, in its contiguous order.
+        cfg.model.category_ids = [int(c) for c in datasets[0].category_ids]
+        cfg.model.class_names = list(datasets[0].category_names)
+        if cfg.model.num_classes != len(cfg.model.category_ids):
+            raise ValueError(
+                f"model.num_classes={cfg.model.num_classes} but the training data has "
+                f"{len(cfg.model.category_ids)} categories"
+            )
     optimizer = torch.optim.Adam(
         model.parameters(),
         lr=cfg.train.lr,
@@ -181,8 +292,7 @@ def run_training(
         val = CocoInstances(eval_root(cfg), cfg.data.val_split, mask_split=cfg.data.mask_split)
 
         def evaluate(model, step: int) -> Mapping[str, float]:
-            segmenter = BoxPromptedSegmenter(model, image_size=cfg.data.image_size)
-            metrics, _ = evaluate_box_prompted(segmenter, val, max_images=cfg.eval.max_images)
+            metrics, _ = evaluate_model(model, cfg, val, max_images=cfg.eval.max_images)
             model.train()
             return {k: v for k, v in metrics.items() if "/mIoU" in k or k.endswith("/AP")}
 
@@ -196,11 +306,7 @@ def run_training(
         out_dir=out_dir,
         config=cfg.to_dict(),
         model_type=model.model_type,
-        forward_step=BoxPromptedStep(
-            mask_size=cfg.model.mask_size,
-            max_instances=cfg.data.max_instances,
-            mask_loss_weight=cfg.train.mask_loss_weight,
-        ),
+        forward_step=training_step(cfg),
         resume=resume_state,
         clip_grad_norm=cfg.train.clip_grad_norm or None,
         log_every=cfg.train.log_every,

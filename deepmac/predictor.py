@@ -67,6 +67,10 @@ def check_prompt_boxes(boxes: Tensor | np.ndarray | list, image_size: tuple[int,
     return clipped
 
 
+#: Checkpoints whose model has the box-prompted embeddings and mask branch.
+PROMPTABLE_MODEL_TYPES = ("box_prompted", "deepmac")
+
+
 class BoxPromptedSegmenter:
     """Box-prompted segmentation with a ``BoxPromptedDeepMAC`` model.
 
@@ -94,7 +98,7 @@ class BoxPromptedSegmenter:
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | Path,
+        path: str | Path | dict,
         *,
         box_chunk: int = 256,
         amp_dtype: torch.dtype | None = None,
@@ -109,7 +113,14 @@ class BoxPromptedSegmenter:
         from deepmac.engine import load_checkpoint
         from deepmac.models.build import build_model
 
-        ckpt = load_checkpoint(path, expected_model_type="box_prompted")
+        # Every model with a mask branch takes box prompts: Deep-MAC's embeddings and mask
+        # branch are those of the box-prompted model.
+        ckpt = path if isinstance(path, dict) else load_checkpoint(path)
+        if ckpt.get("model_type") not in PROMPTABLE_MODEL_TYPES:
+            raise ValueError(
+                f"checkpoint holds a {ckpt.get('model_type')!r} model; box prompts need one of "
+                f"{PROMPTABLE_MODEL_TYPES}"
+            )
         cfg = config_from_dict(ckpt["config"])
         cfg.model.backbone_init = None  # the checkpoint holds the trained weights
         model = build_model(cfg.model)

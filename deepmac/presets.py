@@ -65,7 +65,43 @@ def box_prompted_hg104() -> ExperimentConfig:
     )
 
 
+def deepmac_cpu() -> ExperimentConfig:
+    """Deep-MAC (CenterNet + mask branch) sized for 2 CPU cores: EfficientNet-Lite0,
+    Hourglass-20 head, 384 px, VOC masks only; pass ``--data-root`` (e.g. ../shared/data)."""
+    return ExperimentConfig(
+        name="deepmac_cpu",
+        model=ModelConfig(type="deepmac", backbone="efficientnet_lite0", mask_head="hourglass20"),
+        data=DataConfig(image_size=384, batch_size=4, num_workers=0, max_instances=24),
+        train=TrainConfig(
+            steps=3000, warmup_steps=200, log_every=20, checkpoint_every=500, amp="bf16"
+        ),
+    )
+
+
+def deepmac_hg104_512() -> ExperimentConfig:
+    """The official 512x512 VOC-only Deep-MAC config: Hourglass-104 backbone, Hourglass-52 mask
+    head, batch 128, 50k steps, Adam 1e-3 cosine with 5k warm-up steps. Needs GPUs."""
+    return ExperimentConfig(
+        name="deepmac_hg104_512",
+        model=ModelConfig(type="deepmac", backbone="hourglass104", mask_head="hourglass52"),
+        data=DataConfig(image_size=512, batch_size=128, num_workers=8),
+        train=TrainConfig(steps=50000, warmup_steps=5000, log_every=50, checkpoint_every=1000),
+    )
+
+
+def deepmac_hg104_1024() -> ExperimentConfig:
+    """The official 1024x1024 VOC-only config: Hourglass-104, Hourglass-100 mask head."""
+    cfg = deepmac_hg104_512()
+    cfg.name = "deepmac_hg104_1024"
+    cfg.model.mask_head = "hourglass100"
+    cfg.data.image_size = 1024
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
+    "deepmac_cpu": deepmac_cpu,
+    "deepmac_hg104_512": deepmac_hg104_512,
+    "deepmac_hg104_1024": deepmac_hg104_1024,
     "box_prompted_demo": box_prompted_demo,
     "box_prompted_cpu": box_prompted_cpu,
     "box_prompted_hg104": box_prompted_hg104,

@@ -50,28 +50,43 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_any_checkpoint(path: str) -> dict:
+    from deepmac.engine import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("model_type") not in ("box_prompted", "deepmac"):
+        raise ValueError(
+            f"{path} holds a {ckpt.get('model_type')!r} model; eval and predict take "
+            f"'box_prompted' and 'deepmac' checkpoints"
+        )
+    return ckpt
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from deepmac.config import config_from_dict
     from deepmac.data import CocoInstances
-    from deepmac.engine import load_checkpoint
-    from deepmac.experiment import amp_dtype, eval_root, evaluate_box_prompted
+    from deepmac.experiment import amp_dtype, eval_root, evaluate_box_prompted, evaluate_deepmac
+    from deepmac.instance_predictor import DeepMACPredictor
     from deepmac.predictor import BoxPromptedSegmenter
 
-    cfg = config_from_dict(
-        load_checkpoint(args.checkpoint, expected_model_type="box_prompted")["config"]
-    )
+    ckpt = _load_any_checkpoint(args.checkpoint)
+    cfg = config_from_dict(ckpt["config"])
     root = Path(args.data_root) if args.data_root else eval_root(cfg)
     dataset = CocoInstances(root, args.split, mask_split=cfg.data.mask_split)
-    segmenter = BoxPromptedSegmenter.from_checkpoint(args.checkpoint, amp_dtype=amp_dtype(args.amp))
+    options = dict(max_images=args.max_images, progress=not args.no_progress)
     start = time.perf_counter()
-    metrics, results = evaluate_box_prompted(
-        segmenter, dataset, max_images=args.max_images, progress=not args.no_progress
-    )
+    if ckpt["model_type"] == "deepmac":
+        predictor = DeepMACPredictor.from_checkpoint(ckpt, amp_dtype=amp_dtype(args.amp))
+        metrics, _ = evaluate_deepmac(predictor, dataset, **options)
+        shown = {k: v for k, v in metrics.items() if k.endswith(("/AP", "/AP50", "/AP75"))}
+        title = f"{args.checkpoint} on {root.name}/{args.split} (detected boxes):"
+    else:
+        segmenter = BoxPromptedSegmenter.from_checkpoint(ckpt, amp_dtype=amp_dtype(args.amp))
+        metrics, _ = evaluate_box_prompted(segmenter, dataset, **options)
+        shown = {k: v for k, v in metrics.items() if k.endswith(("/mIoU", "/mIoU_class", "/AP"))}
+        title = f"{args.checkpoint} on {root.name}/{args.split} (ground-truth boxes):"
     elapsed = time.perf_counter() - start
-    shown = {k: v for k, v in metrics.items() if k.endswith(("/mIoU", "/mIoU_class", "/AP"))}
-    print_metrics(
-        shown, title=f"{args.checkpoint} on {root.name}/{args.split} (ground-truth boxes):"
-    )
+    print_metrics(shown, title=title)
     print(f"{elapsed:.1f} s for {min(len(dataset), args.max_images or len(dataset))} images")
     if args.out:
         write_json_atomic(args.out, {**metrics, "eval_seconds": elapsed})
@@ -94,46 +109,77 @@ def _collect_images(paths: list[str]) -> list[Path]:
     return files
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def _read_image(path: Path):
     from PIL import Image
 
+    try:
+        return Image.open(path).convert("RGB")
+    except OSError as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
+
+
+def _image_id(path: Path, index: int) -> int:
+    """COCO files are named by their id (000000000139.jpg); other files get their rank."""
+    return int(path.stem) if path.stem.isdigit() else index
+
+
+def run_predict(args: argparse.Namespace) -> int:
     from deepmac.evaluation import instances_to_coco_results, write_coco_results
     from deepmac.experiment import amp_dtype
+    from deepmac.instance_predictor import DeepMACPredictor
     from deepmac.predictor import BoxPromptedSegmenter
-    from deepmac.prompts import load_box_prompts
     from deepmac.visualization import draw_instances
 
     images = _collect_images(args.images)
-    prompts = load_box_prompts(args.boxes, [p.name for p in images])
-    segmenter = BoxPromptedSegmenter.from_checkpoint(args.checkpoint, amp_dtype=amp_dtype(args.amp))
+    ckpt = _load_any_checkpoint(args.checkpoint)
     viz = Path(args.viz) if args.viz else None
-    results = []
-    start, num_boxes = time.perf_counter(), 0
-    for path in images:
-        prompt = prompts.get(path.name)
-        if prompt is None:
-            logger.warning("%s: no boxes in %s, skipped", path.name, args.boxes)
-            continue
-        try:
-            image = Image.open(path).convert("RGB")
-        except OSError as err:
-            raise ValueError(f"cannot read image {path}: {err}") from None
-        prompt = prompt.valid(image.height, image.width, source=str(args.boxes))
-        if len(prompt.boxes) == 0:
-            continue
-        masks = segmenter.predict(image, prompt.boxes)
-        num_boxes += len(prompt.boxes)
-        results += instances_to_coco_results(
-            prompt.image_id, prompt.boxes, prompt.scores, prompt.category_ids, masks
-        )
-        if viz is not None:
-            viz.mkdir(parents=True, exist_ok=True)
-            overlay = draw_instances(image, masks, prompt.boxes, prompt.labels)
-            overlay.save(viz / f"{path.stem}.png")
+    if viz is not None:
+        viz.mkdir(parents=True, exist_ok=True)
+    results, num_boxes, start = [], 0, time.perf_counter()
+    if args.boxes is None:
+        if ckpt["model_type"] != "deepmac":
+            raise ValueError("a box-prompted model needs --boxes (COCO instances or results JSON)")
+        predictor = DeepMACPredictor.from_checkpoint(ckpt, amp_dtype=amp_dtype(args.amp))
+        predictor.score_threshold = args.score_threshold
+        for index, path in enumerate(images):
+            image = _read_image(path)
+            inst = predictor.predict(image)
+            num_boxes += len(inst.boxes)
+            results += instances_to_coco_results(
+                _image_id(path, index), inst.boxes, inst.scores, inst.category_ids, inst.masks
+            )
+            if viz is not None:
+                labels = [
+                    f"{n} {s:.2f}" for n, s in zip(inst.names, inst.scores.tolist(), strict=True)
+                ]
+                draw_instances(image, inst.masks, inst.boxes, labels).save(viz / f"{path.stem}.png")
+    else:
+        from deepmac.prompts import load_box_prompts
+
+        prompts = load_box_prompts(args.boxes, [p.name for p in images])
+        # Any model with a mask branch takes box prompts, Deep-MAC included.
+        segmenter = BoxPromptedSegmenter.from_checkpoint(ckpt, amp_dtype=amp_dtype(args.amp))
+        for path in images:
+            prompt = prompts.get(path.name)
+            if prompt is None:
+                logger.warning("%s: no boxes in %s, skipped", path.name, args.boxes)
+                continue
+            image = _read_image(path)
+            prompt = prompt.valid(image.height, image.width, source=str(args.boxes))
+            if len(prompt.boxes) == 0:
+                continue
+            masks = segmenter.predict(image, prompt.boxes)
+            num_boxes += len(prompt.boxes)
+            results += instances_to_coco_results(
+                prompt.image_id, prompt.boxes, prompt.scores, prompt.category_ids, masks
+            )
+            if viz is not None:
+                overlay = draw_instances(image, masks, prompt.boxes, prompt.labels)
+                overlay.save(viz / f"{path.stem}.png")
     write_coco_results(args.out, results)
     elapsed = time.perf_counter() - start
     print(
         f"{len(results)} masks for {len(images)} images in {elapsed:.1f} s "
-        f"({1e3 * elapsed / max(num_boxes, 1):.1f} ms per box) -> {args.out}"
+        f"({1e3 * elapsed / max(len(images), 1):.0f} ms per image) -> {args.out}"
     )
     return 0

@@ -92,13 +92,24 @@ def _add_eval(subparsers) -> None:
 def _add_predict(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="turn boxes into masks (COCO results JSON with RLE masks)",
-        description="Box-prompted masks for images and boxes. Boxes come from a COCO instances "
-        "JSON or a COCO detection-results JSON, of any category.",
+        help="masks for images: from box prompts, or detected by Deep-MAC",
+        description="Masks for images, written as a COCO results JSON with RLE masks. With "
+        "--boxes (a COCO instances JSON or detection-results JSON, any category) the boxes "
+        "prompt the masks; a Deep-MAC checkpoint without --boxes detects and segments.",
     )
     parser.add_argument("checkpoint", help="OUT/last.pt of a training run")
     parser.add_argument("--images", nargs="+", required=True, help="image files or folders")
-    parser.add_argument("--boxes", required=True, help="COCO instances or results JSON")
+    parser.add_argument(
+        "--boxes",
+        help="COCO instances or results JSON of box prompts; optional for a Deep-MAC "
+        "checkpoint, which then detects",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        help="Deep-MAC detections below this score are dropped (default 0.3)",
+    )
     parser.add_argument("--out", required=True, help="COCO results JSON to write")
     parser.add_argument("--viz", help="also write PNG overlays into this folder")
     parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="CPU autocast")

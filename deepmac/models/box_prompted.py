@@ -90,20 +90,26 @@ class BoxPromptedDeepMAC(nn.Module):
         """``(B, 3, H, W)`` 0..255 RGB to the backbone's input statistics."""
         return (images - self.pixel_mean) / self.pixel_std
 
-    def embeddings(self, images: Tensor) -> list[tuple[Tensor, Tensor | None]]:
-        """Pixel and instance embedding maps, ``(B, Cp, h, w)`` and ``(B, Ci, h, w)``, for every
-        backbone output in training and for the last one in eval mode."""
+    def stack_features(self, images: Tensor) -> list[tuple[int, Tensor]]:
+        """``(stack index, (B, C, h, w) features)`` for every backbone output in training and
+        for the last one in eval mode (the official model trains all stacks, infers with the
+        last)."""
         features = self.backbone(self.normalize(images))
         stacks = range(len(features)) if self.training else [len(features) - 1]
-        out = []
-        for s in stacks:
-            instance = (
-                self.instance_heads[s](features[s])
-                if self.mask_branch.use_instance_embedding
-                else None
-            )
-            out.append((self.pixel_heads[s](features[s]), instance))
-        return out
+        return [(s, features[s]) for s in stacks]
+
+    def embed(self, stack: int, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Pixel ``(B, Cp, h, w)`` and instance ``(B, Ci, h, w)`` embeddings of one stack."""
+        instance = (
+            self.instance_heads[stack](features)
+            if self.mask_branch.use_instance_embedding
+            else None
+        )
+        return self.pixel_heads[stack](features), instance
+
+    def embeddings(self, images: Tensor) -> list[tuple[Tensor, Tensor | None]]:
+        """Pixel and instance embedding maps of every stack used (see ``stack_features``)."""
+        return [self.embed(s, features) for s, features in self.stack_features(images)]
 
     def forward(
         self, images: Tensor, boxes: Tensor, batch_index: Tensor | None = None

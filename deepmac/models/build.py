@@ -7,6 +7,7 @@ from torch import nn
 from deepmac.backbones import build_backbone
 from deepmac.config import ModelConfig
 from deepmac.models.box_prompted import BoxPromptedDeepMAC
+from deepmac.models.deepmac import DeepMAC
 from deepmac.models.mask_branch import MaskBranch
 
 #: ImageNet statistics on 0..255 RGB (torchvision-style ResNet weights).
@@ -28,7 +29,7 @@ DEFAULT_PIXEL_STATS = {
     ),
 }
 
-MODEL_TYPES = ("box_prompted",)
+MODEL_TYPES = ("box_prompted", "deepmac")
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -50,10 +51,17 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         use_instance_embedding=cfg.use_instance_embedding,
     )
     mean, std = DEFAULT_PIXEL_STATS.get(cfg.backbone, IMAGENET_STATS)
-    return BoxPromptedDeepMAC(
-        backbone,
-        mask_branch,
+    common = dict(
         embedding_head_channels=cfg.embedding_head_channels,
         pixel_mean=cfg.pixel_mean or mean,
         pixel_std=cfg.pixel_std or std,
     )
+    if cfg.type == "deepmac":
+        return DeepMAC(
+            backbone,
+            mask_branch,
+            num_classes=cfg.num_classes,
+            max_detections=cfg.max_detections,
+            **common,
+        )
+    return BoxPromptedDeepMAC(backbone, mask_branch, **common)
