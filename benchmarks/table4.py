@@ -26,7 +26,8 @@ import torch
 from deepmac.cli.demo import filled_box_miou
 from deepmac.config import apply_overrides
 from deepmac.data import CocoInstances
-from deepmac.experiment import evaluate_box_prompted, run_training
+from deepmac.evaluate import evaluate_box_prompted
+from deepmac.experiment import run_training
 from deepmac.io import write_json_atomic
 from deepmac.predictor import BoxPromptedSegmenter
 from deepmac.presets import get_preset

@@ -201,7 +201,9 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
     experiment.run_training(cfg, tmp_path / "straight", progress=False)
 
     # The same run, interrupted during step 3 (after the step-2 checkpoint), then resumed.
-    real_call = experiment.BoxPromptedStep.__call__
+    from deepmac.steps import BoxPromptedStep
+
+    real_call = BoxPromptedStep.__call__
     calls = {"n": 0}
 
     def interrupted(self, model, criterion, batch):
@@ -210,10 +212,10 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_call(self, model, criterion, batch)
 
-    monkeypatch.setattr(experiment.BoxPromptedStep, "__call__", interrupted)
+    monkeypatch.setattr(BoxPromptedStep, "__call__", interrupted)
     with pytest.raises(KeyboardInterrupt):
         experiment.run_training(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(experiment.BoxPromptedStep, "__call__", real_call)
+    monkeypatch.setattr(BoxPromptedStep, "__call__", real_call)
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["step"] == 2
     experiment.run_training(cfg, tmp_path / "resumed", resume=True, progress=False)
 

@@ -10,8 +10,8 @@ import torch
 
 from deepmac.config import ModelConfig
 from deepmac.data import CocoInstances, build_eval_transforms, collate_instances, demo_data_root
-from deepmac.experiment import DeepMACStep
 from deepmac.models.build import build_model
+from deepmac.steps import DeepMACStep
 
 
 @pytest.fixture(autouse=True)

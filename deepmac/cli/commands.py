@@ -65,7 +65,8 @@ def _load_any_checkpoint(path: str) -> dict:
 def run_eval(args: argparse.Namespace) -> int:
     from deepmac.config import config_from_dict
     from deepmac.data import CocoInstances
-    from deepmac.experiment import amp_dtype, eval_root, evaluate_box_prompted, evaluate_deepmac
+    from deepmac.evaluate import evaluate_box_prompted, evaluate_deepmac
+    from deepmac.experiment import amp_dtype, eval_root
     from deepmac.instance_predictor import DeepMACPredictor
     from deepmac.predictor import BoxPromptedSegmenter
 

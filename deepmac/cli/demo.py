@@ -45,7 +45,8 @@ def _category_ids(dataset: CocoInstances, target: dict) -> torch.Tensor:
 def run_demo(out_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> dict:
     """Train, evaluate and draw; returns the metrics written to ``out_dir/metrics.json``."""
     from deepmac.backbones import efficientnet_lite0_weights_path
-    from deepmac.experiment import evaluate_box_prompted, run_training
+    from deepmac.evaluate import evaluate_box_prompted
+    from deepmac.experiment import run_training
     from deepmac.predictor import BoxPromptedSegmenter
     from deepmac.presets import get_preset
 
