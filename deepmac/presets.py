@@ -34,8 +34,11 @@ def box_prompted_cpu() -> ExperimentConfig:
     return ExperimentConfig(
         name="box_prompted_cpu",
         model=ModelConfig(backbone="efficientnet_lite0", mask_head="hourglass20"),
-        data=DataConfig(image_size=384, batch_size=4, num_workers=2, max_instances=24),
-        train=TrainConfig(steps=3000, warmup_steps=200, log_every=20, checkpoint_every=500),
+        # Measured on 2 cores: no loader worker and bf16 autocast are the fastest settings.
+        data=DataConfig(image_size=384, batch_size=4, num_workers=0, max_instances=24),
+        train=TrainConfig(
+            steps=3000, warmup_steps=200, log_every=20, checkpoint_every=500, amp="bf16"
+        ),
     )
 
 
