@@ -6,7 +6,6 @@ instances = predictor.predict(image)   # boxes (K, 4) xyxy, scores, category_ids
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +14,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from deepmac.config import config_from_dict
 from deepmac.data.transforms import ResizePad
-from deepmac.mask_heads import fuse_for_inference
-from deepmac.predictor import image_to_tensor
+from deepmac.predictor import image_to_tensor, inference_autocast
 from deepmac.structures.masks import paste_masks_in_image
 
 
@@ -73,23 +70,9 @@ class DeepMACPredictor:
     def from_checkpoint(
         cls, path: str | Path | dict, *, amp_dtype: torch.dtype | None = None, fuse: bool = True
     ) -> DeepMACPredictor:
-        from deepmac.engine import load_checkpoint
-        from deepmac.models.build import build_model
+        from deepmac.models.build import model_from_checkpoint
 
-        if isinstance(path, dict):  # already loaded (e.g. by a command that dispatched on it)
-            ckpt = path
-            if ckpt.get("model_type") != "deepmac":
-                raise ValueError(
-                    f"checkpoint holds a {ckpt.get('model_type')!r} model, expected 'deepmac'"
-                )
-        else:
-            ckpt = load_checkpoint(path, expected_model_type="deepmac")
-        cfg = config_from_dict(ckpt["config"])
-        cfg.model.backbone_init = None  # the checkpoint holds the trained weights
-        model = build_model(cfg.model)
-        model.load_state_dict(ckpt["model"])
-        if fuse:
-            model.mask_branch.head = fuse_for_inference(model.mask_branch.head)
+        model, cfg = model_from_checkpoint(path, model_types=("deepmac",), fuse=fuse)
         return cls(
             model,
             image_size=cfg.data.image_size,
@@ -112,12 +95,7 @@ class DeepMACPredictor:
         height, width = pixels.shape[-2:]
         resized, target = self.resize(pixels, {})
         new_h, new_w = target["size"]
-        autocast = (
-            torch.autocast("cpu", dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        with inference_autocast(self.amp_dtype):
             out = self.model(resized[None], image_sizes=[(new_h, new_w)])
         (det,) = out.detections
         probs = out.mask_logits[-1].float().sigmoid()[:, 0]  # (K, S, S)

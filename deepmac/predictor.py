@@ -17,9 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from deepmac.config import config_from_dict
 from deepmac.data.transforms import ResizePad
-from deepmac.mask_heads import fuse_for_inference
 from deepmac.structures.boxes import clip_boxes
 from deepmac.structures.masks import paste_masks_in_image
 
@@ -40,6 +38,13 @@ def image_to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
             raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
         return image.float()
     raise TypeError(f"image must be a PIL image, numpy array or tensor, got {type(image).__name__}")
+
+
+def inference_autocast(dtype: torch.dtype | None):
+    """CPU autocast to ``dtype`` (e.g. bfloat16), or nothing for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=dtype)
 
 
 def check_prompt_boxes(boxes: Tensor | np.ndarray | list, image_size: tuple[int, int]) -> Tensor:
@@ -110,29 +115,15 @@ class BoxPromptedSegmenter:
         channels_last (``fuse_for_inference``): the same outputs up to float rounding, 1.1-1.7x
         faster on CPU (docs/results.md).
         """
-        from deepmac.engine import load_checkpoint
-        from deepmac.models.build import build_model
+        from deepmac.models.build import model_from_checkpoint
 
         # Every model with a mask branch takes box prompts: Deep-MAC's embeddings and mask
         # branch are those of the box-prompted model.
-        ckpt = path if isinstance(path, dict) else load_checkpoint(path)
-        if ckpt.get("model_type") not in PROMPTABLE_MODEL_TYPES:
-            raise ValueError(
-                f"checkpoint holds a {ckpt.get('model_type')!r} model; box prompts need one of "
-                f"{PROMPTABLE_MODEL_TYPES}"
-            )
-        cfg = config_from_dict(ckpt["config"])
-        cfg.model.backbone_init = None  # the checkpoint holds the trained weights
-        model = build_model(cfg.model)
-        model.load_state_dict(ckpt["model"])
-        if fuse:
-            model.mask_branch.head = fuse_for_inference(model.mask_branch.head)
+        model, cfg = model_from_checkpoint(path, model_types=PROMPTABLE_MODEL_TYPES, fuse=fuse)
         return cls(model, image_size=cfg.data.image_size, box_chunk=box_chunk, amp_dtype=amp_dtype)
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast("cpu", dtype=self.amp_dtype)
+        return inference_autocast(self.amp_dtype)
 
     @torch.no_grad()
     def set_image(self, image: Image.Image | np.ndarray | Tensor) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 from deepmac.backbones import build_backbone
-from deepmac.config import ModelConfig
+from deepmac.config import ExperimentConfig, ModelConfig, config_from_dict
+from deepmac.mask_heads import fuse_for_inference
 from deepmac.models.box_prompted import BoxPromptedDeepMAC
 from deepmac.models.deepmac import DeepMAC
 from deepmac.models.mask_branch import MaskBranch
@@ -65,3 +68,36 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             **common,
         )
     return BoxPromptedDeepMAC(backbone, mask_branch, **common)
+
+
+def model_from_checkpoint(
+    path: str | Path | dict, *, model_types: tuple[str, ...], fuse: bool = True
+) -> tuple[nn.Module, ExperimentConfig]:
+    """Rebuild a trained model for inference from ``OUT/last.pt`` (or its loaded dict).
+
+    Args:
+        path: checkpoint file, or the dict ``load_checkpoint`` returned.
+        model_types: the model types the caller can serve.
+        fuse: fold the mask head's BatchNorms into its convolutions, channels_last
+            (``fuse_for_inference``): same outputs up to float rounding, 1.1-1.7x faster on CPU.
+
+    Returns:
+        ``(model in eval mode, its config)``.
+
+    Raises:
+        ValueError: a corrupt file, or a model type not in ``model_types``.
+    """
+    from deepmac.engine import load_checkpoint
+
+    ckpt = path if isinstance(path, dict) else load_checkpoint(path)
+    if ckpt.get("model_type") not in model_types:
+        raise ValueError(
+            f"checkpoint holds a {ckpt.get('model_type')!r} model; expected one of {model_types}"
+        )
+    cfg = config_from_dict(ckpt["config"])
+    cfg.model.backbone_init = None  # the checkpoint holds the trained weights
+    model = build_model(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    if fuse:
+        model.mask_branch.head = fuse_for_inference(model.mask_branch.head)
+    return model.eval(), cfg
