@@ -146,8 +146,14 @@ def load_backbone_weights(
         type(backbone).__name__,
         path,
     )
+    # A classifier file fills the whole trunk: its lack of neck keys and its extra classifier
+    # keys are expected, and worth only an info line. Trunk keys left at init are a warning.
+    classifier_file = all(k.startswith("body.") for k in matched) and not any(
+        k.startswith("body.") for k in missing
+    )
+    report = logger.info if classifier_file else logger.warning
     if missing:
-        logger.warning(
+        report(
             "%d backbone keys not in %s (kept at init): %s%s",
             len(missing),
             path,
@@ -155,7 +161,7 @@ def load_backbone_weights(
             " ..." if len(missing) > _MAX_LISTED else "",
         )
     if unexpected:
-        logger.warning(
+        report(
             "%d keys of %s unused by the backbone: %s%s",
             len(unexpected),
             path,
