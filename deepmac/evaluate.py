@@ -15,6 +15,13 @@ from deepmac.instance_predictor import DeepMACPredictor
 from deepmac.predictor import BoxPromptedSegmenter
 
 
+def coco_category_ids(dataset: CocoInstances, labels: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` COCO category ids of ``(N,)`` contiguous labels of ``dataset``."""
+    return torch.tensor(
+        [dataset.contiguous_to_category_id[int(c)] for c in labels], dtype=torch.long
+    )
+
+
 def evaluate_box_prompted(
     segmenter: BoxPromptedSegmenter,
     dataset: CocoInstances,
@@ -36,9 +43,7 @@ def evaluate_box_prompted(
     for index in tqdm(range(count), desc="eval", disable=not progress, leave=False):
         image, target = dataset[index]
         boxes = target["boxes"]
-        category_ids = torch.tensor(
-            [dataset.contiguous_to_category_id[int(c)] for c in target["labels"]], dtype=torch.long
-        )
+        category_ids = coco_category_ids(dataset, target["labels"])
         height, width = image.shape[-2:]
         if len(boxes):
             masks = segmenter.predict(image, boxes)

@@ -17,6 +17,7 @@ from PIL import Image
 from deepmac.cli.report import print_metrics, write_json_atomic
 from deepmac.data import CocoInstances, demo_data_root
 from deepmac.data.class_splits import NONVOC_CATEGORY_IDS
+from deepmac.evaluate import coco_category_ids
 from deepmac.evaluation import MaskIoUEvaluator, write_coco_results
 from deepmac.structures.masks import paste_masks_in_image
 from deepmac.visualization import draw_instances
@@ -32,14 +33,8 @@ def filled_box_miou(dataset: CocoInstances, mask_size: int = 32) -> dict[str, fl
         boxes = target["boxes"]
         ones = torch.ones(len(boxes), mask_size, mask_size)
         masks = paste_masks_in_image(ones, boxes, target["size"])
-        miou.process(masks, target["gt_masks"], _category_ids(dataset, target))
+        miou.process(masks, target["gt_masks"], coco_category_ids(dataset, target["labels"]))
     return miou.evaluate()
-
-
-def _category_ids(dataset: CocoInstances, target: dict) -> torch.Tensor:
-    return torch.tensor(
-        [dataset.contiguous_to_category_id[int(c)] for c in target["labels"]], dtype=torch.long
-    )
 
 
 def run_demo(out_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> dict:
@@ -115,7 +110,7 @@ def _write_overlays(overlay_dir: Path, dataset: CocoInstances, segmenter) -> Non
     for index in range(len(dataset)):
         image, target = dataset[index]
         keep = torch.tensor(
-            [int(c) in NONVOC_CATEGORY_IDS for c in _category_ids(dataset, target)],
+            [int(c) in NONVOC_CATEGORY_IDS for c in coco_category_ids(dataset, target["labels"])],
             dtype=torch.bool,
         )
         if not keep.any():
