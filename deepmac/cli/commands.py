@@ -184,3 +184,47 @@ def run_predict(args: argparse.Namespace) -> int:
         f"({1e3 * elapsed / max(len(images), 1):.0f} ms per image) -> {args.out}"
     )
     return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import json
+
+    from deepmac.export import check_onnx_parity, export_onnx
+    from deepmac.models.build import MODEL_TYPES, model_from_checkpoint
+
+    ckpt = _load_any_checkpoint(args.checkpoint)
+    model, cfg = model_from_checkpoint(ckpt, model_types=MODEL_TYPES)
+    model_type = "box_prompted" if args.prompt else cfg.model.type
+    metadata = {
+        "model_type": model_type,
+        "image_size": str(cfg.data.image_size),
+        "category_ids": json.dumps(cfg.model.category_ids),
+        "class_names": json.dumps(cfg.model.class_names),
+        "source_checkpoint": Path(args.checkpoint).name,
+    }
+    start = time.perf_counter()
+    path = export_onnx(
+        model,
+        args.onnx,
+        image_size=cfg.data.image_size,
+        prompt=args.prompt,
+        opset=args.opset,
+        metadata=metadata,
+    )
+    print(f"wrote {path} ({model_type} graph, {time.perf_counter() - start:.1f} s)")
+    if args.no_check:
+        return 0
+    diffs = check_onnx_parity(model, path, image_size=cfg.data.image_size, prompt=args.prompt)
+    print("onnxruntime vs PyTorch, max abs difference:")
+    for name, value in diffs.items():
+        print(f"  {name:<28} {value:.2e}")
+    worst = max((v for k, v in diffs.items() if "probs" in k), default=0.0)
+    mismatched = sum(v for k, v in diffs.items() if k.endswith("_mismatch"))
+    if worst > args.tolerance or mismatched:
+        print(
+            f"parity FAILED: mask probabilities differ by up to {worst:.2e} (tolerance "
+            f"{args.tolerance:.0e}), {int(mismatched)} labels differ"
+        )
+        return 1
+    print(f"parity ok (tolerance {args.tolerance:.0e} on probabilities)")
+    return 0

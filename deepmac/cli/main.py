@@ -1,7 +1,7 @@
 """The ``deepmac`` command: parses arguments and dispatches to a command; no logic of its own.
 
-Commands that exist today are registered below; export joins with its issue (see README,
-"What works today").
+Each command is registered by an ``_add_*`` function; the work happens in
+``deepmac.cli.commands`` (imported only when a command runs, so ``--help`` is fast).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ examples:
   deepmac train box_prompted_cpu --out runs/tiny --resume
   deepmac eval runs/tiny/last.pt --data-root ../shared/data/coco_mini --out metrics.json
   deepmac predict runs/tiny/last.pt --images DIR --boxes boxes.json --out masks.json --viz viz/
+  deepmac export runs/tiny/last.pt --onnx runs/tiny/model.onnx
   deepmac heads
   deepmac score results.json --gt ../shared/data/coco_mini/annotations/instances_val2017.json
   python -m torch.distributed.run --nproc_per_node=2 -m deepmac train box_prompted_cpu ...
@@ -127,6 +128,30 @@ def _lazy(name: str):
     return handler
 
 
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX and check it against PyTorch",
+        description="Write an ONNX graph of a trained model (box-prompted: image + boxes in, "
+        "mask probabilities out; Deep-MAC: image in, top-K boxes, scores, labels, mask "
+        "probabilities out), then run it in onnxruntime beside PyTorch on random inputs "
+        "(1, 7 and 0 boxes) and report the largest difference. Needs the [export] extra.",
+    )
+    parser.add_argument("checkpoint", help="OUT/last.pt of a training run")
+    parser.add_argument("--onnx", required=True, help="ONNX file to write")
+    parser.add_argument(
+        "--prompt",
+        action="store_true",
+        help="export the box-prompted graph of a Deep-MAC checkpoint (boxes in)",
+    )
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    parser.add_argument(
+        "--tolerance", type=float, default=1e-4, help="max probability difference (1e-4)"
+    )
+    parser.set_defaults(handler=_lazy("run_export"))
+
+
 def _add_heads(subparsers) -> None:
     parser = subparsers.add_parser(
         "heads",
@@ -180,7 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_heads, _add_score):
+    for add in (
+        _add_demo,
+        _add_train,
+        _add_eval,
+        _add_predict,
+        _add_export,
+        _add_heads,
+        _add_score,
+    ):
         add(subparsers)
     return parser
 

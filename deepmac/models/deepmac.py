@@ -84,7 +84,7 @@ class DeepMAC(BoxPromptedDeepMAC):
         images: Tensor,
         boxes: Tensor | None = None,
         batch_index: Tensor | None = None,
-        image_sizes: list[tuple[int, int]] | None = None,
+        image_sizes: list[tuple[int, int]] | Tensor | None = None,
     ) -> DeepMACOutputs:
         """Detection maps for every stack used, and mask logits.
 
@@ -93,7 +93,8 @@ class DeepMAC(BoxPromptedDeepMAC):
             boxes: ``(N, 4)`` ground-truth boxes (input pixels) to crop masks at, required in
                 training; ``None`` in eval mode crops at the decoded detections.
             batch_index: ``(N,)`` image of each box.
-            image_sizes: unpadded ``(H, W)`` of each image, to clip detections to.
+            image_sizes: unpadded ``(H, W)`` of each image, to clip detections to (pairs, or a
+                ``(B, 2)`` tensor).
         """
         if self.training and boxes is None:
             raise ValueError("Deep-MAC trains its mask branch on ground-truth boxes: pass boxes")

@@ -39,7 +39,13 @@ def check_boxes_and_index(boxes: Tensor, batch_index: Tensor | None, num_images:
         raise ValueError(f"batch_index must be a tensor of shape ({num_boxes},), got {found}")
     if batch_index.is_floating_point() or batch_index.dtype == torch.bool:
         raise TypeError(f"batch_index must be an integer tensor, got dtype {batch_index.dtype}")
-    if num_boxes and (int(batch_index.min()) < 0 or int(batch_index.max()) >= num_images):
+    # A value check needs the data: skipped while torch.export traces (ONNX export), where the
+    # index is symbolic; the export wrappers build it themselves.
+    if (
+        num_boxes
+        and not torch.compiler.is_compiling()
+        and (int(batch_index.min()) < 0 or int(batch_index.max()) >= num_images)
+    ):
         raise ValueError(
             f"batch_index values must be in [0, {num_images - 1}], "
             f"got range [{int(batch_index.min())}, {int(batch_index.max())}]"
@@ -92,6 +98,11 @@ def sample_box_grids(
     sample = lambda f, g: F.grid_sample(  # noqa: E731
         f, g, mode="bilinear", padding_mode=padding_mode, align_corners=False
     )
+    if features.shape[0] == 1:
+        # One image (inference): every box reads it, so a single call with the boxes stacked
+        # along the grid height. No data-dependent step, so this path also exports to ONNX.
+        values = sample(sampling_layout(features), grid.reshape(1, num * num_p, num_q, 2))
+        return values.reshape(channels, num, num_p, num_q).transpose(0, 1).to(features.dtype)
     if features.shape[0] == num and torch.equal(
         batch_index, torch.arange(num, device=batch_index.device)
     ):

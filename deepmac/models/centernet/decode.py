@@ -28,7 +28,7 @@ def decode_detections(
     center_offset: Tensor,
     *,
     stride: int = 4,
-    image_sizes: list[tuple[int, int]] | None = None,
+    image_sizes: list[tuple[int, int]] | Tensor | None = None,
     k: int = 100,
 ) -> list[Detections]:
     """Top-``k`` detections of each image.
@@ -38,7 +38,8 @@ def decode_detections(
         box_size: ``(B, 2, h, w)`` ``(h, w)`` in output pixels.
         center_offset: ``(B, 2, h, w)`` ``(dy, dx)``.
         stride: input pixels per output pixel.
-        image_sizes: ``(H, W)`` of each image's unpadded content, to clip boxes to; default the
+        image_sizes: ``(H, W)`` of each image's unpadded content (a list of pairs, or a
+            ``(B, 2)`` tensor, as an exported graph takes it), to clip boxes to; default the
             padded input size.
         k: detections per image.
     """
