@@ -76,7 +76,11 @@ class TrainConfig:
     """Optimisation. Defaults follow the official Deep-MAC configs scaled to a short run."""
 
     steps: int = 2000
+    #: "adam" (the official Deep-MAC configs) or "sgd" (momentum; Mask R-CNN / Model Garden).
+    optimizer: str = "adam"
     lr: float = 1e-3
+    #: SGD momentum (unused by Adam).
+    momentum: float = 0.9
     warmup_steps: int = 200
     warmup_lr: float = 2.5e-4
     adam_eps: float = 1e-7
@@ -87,8 +91,18 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0
     checkpoint_every: int = 500
-    #: "none" or "bf16" (CPU autocast; AMX makes it several times faster on recent x86).
+    #: "none", "bf16" (CPU or GPU autocast; AMX makes it several times faster on recent x86)
+    #: or "fp16" (GPU autocast with gradient scaling).
     amp: str = "none"
+    #: "auto" (cuda when available, else cpu), "cpu" or "cuda". Under torchrun each process
+    #: takes cuda:LOCAL_RANK.
+    device: str = "auto"
+    #: micro-batches per optimizer step (gradient accumulation): reach the official global
+    #: batch (e.g. 128) on fewer devices; the global batch is batch_size x this x processes.
+    accumulate_steps: int = 1
+    #: BatchNorm statistics over the global batch when training on several processes (the
+    #: paper's synchronised BN; on CPU too, see deepmac.engine.sync_batchnorm).
+    sync_batchnorm: bool = True
 
 
 @dataclass

@@ -10,6 +10,8 @@ from tqdm import tqdm
 
 from deepmac.config import ExperimentConfig
 from deepmac.data import CocoInstances
+from deepmac.engine.checkpoint import unwrap_model
+from deepmac.engine.distributed import get_rank, get_world_size
 from deepmac.evaluation import CocoEvaluator, MaskIoUEvaluator
 from deepmac.instance_predictor import DeepMACPredictor
 from deepmac.predictor import BoxPromptedSegmenter
@@ -20,6 +22,14 @@ def coco_category_ids(dataset: CocoInstances, labels: torch.Tensor) -> torch.Ten
     return torch.tensor(
         [dataset.contiguous_to_category_id[int(c)] for c in labels], dtype=torch.long
     )
+
+
+def image_indices(dataset: CocoInstances, max_images: int) -> range:
+    """The images this process evaluates: the first ``max_images`` (0 = all), every
+    ``world_size``-th from this rank under ``torch.distributed``; evaluators then
+    ``synchronize`` so every rank scores them all."""
+    count = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
+    return range(get_rank(), count, get_world_size())
 
 
 def evaluate_box_prompted(
@@ -39,8 +49,8 @@ def evaluate_box_prompted(
     """
     miou = MaskIoUEvaluator()
     coco = CocoEvaluator(dataset.ann_file)
-    count = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
-    for index in tqdm(range(count), desc="eval", disable=not progress, leave=False):
+    indices = image_indices(dataset, max_images)
+    for index in tqdm(indices, desc="eval", disable=not progress, leave=False):
         image, target = dataset[index]
         boxes = target["boxes"]
         category_ids = coco_category_ids(dataset, target["labels"])
@@ -51,6 +61,8 @@ def evaluate_box_prompted(
             masks = torch.zeros(0, height, width, dtype=torch.bool)
         miou.process(masks, target["gt_masks"], category_ids)
         coco.process(target["image_id"], boxes, torch.ones(len(boxes)), category_ids, masks)
+    miou.synchronize()
+    coco.synchronize()
     return {**miou.evaluate(), **coco.evaluate()}, coco.results
 
 
@@ -67,11 +79,12 @@ def evaluate_deepmac(
         ``(metrics, coco_results)``.
     """
     coco = CocoEvaluator(dataset.ann_file)
-    count = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
-    for index in tqdm(range(count), desc="eval", disable=not progress, leave=False):
+    indices = image_indices(dataset, max_images)
+    for index in tqdm(indices, desc="eval", disable=not progress, leave=False):
         inst = predictor.predict(dataset.load_image(index))
         image_id = dataset.image_info(index)["id"]
         coco.process(image_id, inst.boxes, inst.scores, inst.category_ids, inst.masks)
+    coco.synchronize()
     return coco.evaluate(), coco.results
 
 
@@ -85,6 +98,7 @@ def evaluate_model(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Evaluate a model in memory the way its type is scored: Deep-MAC by detection AP,
     the box-prompted model by mIoU and AP from ground-truth boxes."""
+    model = unwrap_model(model)  # DDP: the predictors call the model's own methods
     if cfg.model.type == "deepmac":
         predictor = DeepMACPredictor(
             model,

@@ -22,13 +22,14 @@ from deepmac.data import (
     demo_data_root,
 )
 from deepmac.engine import build_warmup_cosine, resume_from, train
+from deepmac.engine.distributed import init_distributed, wrap_ddp
 from deepmac.evaluate import evaluate_model
 from deepmac.models.build import build_model
 from deepmac.steps import training_step
 
 logger = logging.getLogger(__name__)
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def training_sets(cfg: ExperimentConfig) -> list[tuple[Path, str]]:
@@ -53,6 +54,35 @@ def amp_dtype(name: str) -> torch.dtype | None:
     return AMP_DTYPES[name]
 
 
+def training_device(name: str, local_rank: int = 0) -> torch.device:
+    """``train.device`` as a device: "auto" is CUDA when available; under torchrun a CUDA
+    process takes ``cuda:LOCAL_RANK``."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"train.device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but torch sees no CUDA device (CPU build or no GPU)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    """``train.optimizer`` over every parameter of ``model``."""
+    train = cfg.train
+    if train.optimizer == "adam":
+        return torch.optim.Adam(
+            model.parameters(), lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay
+        )
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=train.lr,
+            momentum=train.momentum,
+            weight_decay=train.weight_decay,
+        )
+    raise ValueError(f"train.optimizer must be adam or sgd, got {train.optimizer!r}")
+
+
 def run_training(
     cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -67,8 +97,14 @@ def run_training(
         The engine's summary (final step, last losses, last eval metrics, elapsed seconds).
     """
     out_dir = Path(out_dir)
+    rank, world_size, local_rank = init_distributed()
+    device = training_device(cfg.train.device, local_rank)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model).to(device)  # before the optimizer holds its parameters
+    if rank:
+        # Same initial weights everywhere (DDP also broadcasts rank 0's), but each process
+        # draws its own augmentations and instance subsets when the loader runs in-process.
+        torch.manual_seed(cfg.train.seed + rank)
     transforms = (
         build_train_transforms(cfg.data.image_size)
         if cfg.data.augment
@@ -84,6 +120,7 @@ def run_training(
         cfg.data.num_workers,
         cfg.train.seed,
         size_divisibility=model.size_multiple,
+        pin_memory=device.type == "cuda",
     )
     if cfg.model.type == "deepmac":
         # The heatmap has one channel per class of the training data, in its contiguous order.
@@ -94,12 +131,7 @@ def run_training(
                 f"model.num_classes={cfg.model.num_classes} but the training data has "
                 f"{len(cfg.model.category_ids)} categories"
             )
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=cfg.train.lr,
-        eps=cfg.train.adam_eps,
-        weight_decay=cfg.train.weight_decay,
-    )
+    optimizer = build_optimizer(model, cfg)
     warmup_steps = cfg.train.warmup_steps
     if warmup_steps > cfg.train.steps:
         # A short run (--steps 20 on a preset made for 3000) keeps the preset's warm-up share.
@@ -126,6 +158,13 @@ def run_training(
             scheduler=scheduler,
             expected_model_type=model.model_type,
         )
+    model_type = model.model_type
+    model = wrap_ddp(model, sync_batchnorm=cfg.train.sync_batchnorm)
+    if world_size > 1:
+        logger.info(
+            "rank %d of %d on %s: global batch %d", rank, world_size, device,
+            cfg.data.batch_size * cfg.train.accumulate_steps * world_size,
+        )
     evaluate = None
     if cfg.train.eval_every > 0:
         val = CocoInstances(eval_root(cfg), cfg.data.val_split, mask_split=cfg.data.mask_split)
@@ -144,7 +183,7 @@ def run_training(
         total_steps=cfg.train.steps,
         out_dir=out_dir,
         config=cfg.to_dict(),
-        model_type=model.model_type,
+        model_type=model_type,
         forward_step=training_step(cfg),
         resume=resume_state,
         clip_grad_norm=cfg.train.clip_grad_norm or None,
@@ -153,5 +192,6 @@ def run_training(
         evaluate=evaluate,
         checkpoint_every=cfg.train.checkpoint_every,
         amp_dtype=amp_dtype(cfg.train.amp),
+        accumulate_steps=cfg.train.accumulate_steps,
         progress=progress,
     )

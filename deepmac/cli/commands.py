@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 
 def run_train(args: argparse.Namespace) -> int:
     from deepmac.config import apply_overrides, load_config
+    from deepmac.engine.distributed import cleanup, is_main_process
     from deepmac.experiment import run_training, training_sets
     from deepmac.presets import describe_presets, get_preset
 
@@ -35,6 +36,8 @@ def run_train(args: argparse.Namespace) -> int:
         cfg.train.steps = args.steps
     if args.init is not None:
         cfg.model.backbone_init = args.init
+    if args.device is not None:
+        cfg.train.device = args.device
     apply_overrides(cfg, args.overrides)
     for root, _ in training_sets(cfg) if cfg.data.roots else []:
         if not (root / "annotations").is_dir():
@@ -42,11 +45,16 @@ def run_train(args: argparse.Namespace) -> int:
                 f"data root {root} has no annotations/ folder; expected the COCO layout "
                 f"annotations/instances_<split>.json + <split>/ images"
             )
-    summary = run_training(cfg, out, resume=args.resume, progress=not args.no_progress)
-    print(
-        f"trained {summary['step']} steps in {summary['elapsed_s']:.0f} s; "
-        f"checkpoint: {out / 'last.pt'}"
-    )
+    try:
+        summary = run_training(cfg, out, resume=args.resume, progress=not args.no_progress)
+        main = is_main_process()
+    finally:
+        cleanup()  # torchrun: leave the process group cleanly, also after an error
+    if main:
+        print(
+            f"trained {summary['step']} steps in {summary['elapsed_s']:.0f} s; "
+            f"checkpoint: {out / 'last.pt'}"
+        )
     return 0
 
 

@@ -68,6 +68,11 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--out", help="run folder (default runs/PRESET)")
     parser.add_argument("--steps", type=int, help="optimizer steps (overrides train.steps)")
     parser.add_argument("--init", help="backbone weights file, or 'imagenet' (optional package)")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="training device (overrides train.device; default auto: cuda when available)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_lazy("run_train"))

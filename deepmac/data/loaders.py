@@ -21,7 +21,6 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     DistributedSampler,
-    RandomSampler,
     Sampler,
 )
 
@@ -112,11 +111,17 @@ def build_train_loader(
             f"x {world_size} process(es); lower batch_size or pass drop_last=False"
         )
     generator = torch.Generator().manual_seed(seed + rank)
-    sampler: Sampler[int]
-    if world_size > 1:
-        sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=drop_last)
-    else:
-        sampler = RandomSampler(dataset, generator=generator)
+    # One sampler for 1 or N processes: the permutation of epoch e is randperm(seed + e) and
+    # rank r takes every N-th index from r, so step t of N processes with batch B sees exactly
+    # the images of step t of one process with batch N x B.
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=True,
+        seed=seed,
+        drop_last=drop_last,
+    )
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from deepmac.engine.sync_batchnorm import convert_to_distributed_batchnorm
+
 __all__ = [
     "all_gather_object",
     "all_reduce_mean",
@@ -130,18 +132,19 @@ def cleanup() -> None:
 
 
 def wrap_ddp(
-    model: nn.Module, *, sync_batchnorm: bool = True, find_unused_parameters: bool = False
+    model: nn.Module, *, sync_batchnorm: bool = True, find_unused_parameters: bool = True
 ) -> nn.Module:
     """Wrap ``model`` (already on its device) in ``DistributedDataParallel`` when distributed.
 
-    BatchNorm layers become ``SyncBatchNorm`` only on CUDA: gloo has no SyncBatchNorm support
-    for CPU tensors, so CPU runs keep per-process BatchNorm statistics.
+    With ``sync_batchnorm``, BatchNorm statistics in training cover the global batch, as the
+    paper trains: ``nn.SyncBatchNorm`` on CUDA, ``DistributedBatchNorm2d`` on CPU (gloo, where
+    ``nn.SyncBatchNorm`` refuses CPU tensors).
 
     Args:
         model: the model, moved to ``cuda:LOCAL_RANK`` (CUDA) or left on CPU.
-        sync_batchnorm: convert BatchNorm to SyncBatchNorm on CUDA.
-        find_unused_parameters: passed to DDP; needed when some parameters get no gradient in
-            a step (e.g. a mask head skipped for a batch without masks).
+        sync_batchnorm: synchronise BatchNorm statistics across processes.
+        find_unused_parameters: passed to DDP; on by default because a batch without boxes
+            skips the mask head, whose parameters then get no gradient in that step.
 
     Returns:
         The DDP-wrapped model, or ``model`` unchanged when not distributed.
@@ -149,10 +152,13 @@ def wrap_ddp(
     if not is_distributed() or get_world_size() == 1:
         return model
     device = next(model.parameters()).device
-    if device.type == "cuda":
-        if sync_batchnorm:
+    if sync_batchnorm:
+        if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index], find_unused_parameters=find_unused_parameters
-        )
-    return nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
+        else:
+            model = convert_to_distributed_batchnorm(model)
+        logger.info("BatchNorm statistics synchronised over %d processes", get_world_size())
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )

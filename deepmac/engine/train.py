@@ -17,6 +17,7 @@ forward or backward). It works for any loader whose randomness comes from its ge
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -185,6 +186,7 @@ def train(
     evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
     checkpoint_every: int = 0,
     amp_dtype: torch.dtype | None = None,
+    accumulate_steps: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` for ``total_steps`` optimizer steps, cycling over ``train_loader``.
@@ -222,6 +224,9 @@ def train(
         checkpoint_every: save ``last.pt`` every this many steps; 0 saves only at the end.
         amp_dtype: autocast dtype, e.g. ``torch.bfloat16``; ``torch.float16`` also enables a
             ``GradScaler``. ``None`` trains in float32.
+        accumulate_steps: micro-batches whose gradients make one optimizer step (each loss is
+            divided by it, so a step equals one batch that many times larger for losses that
+            average over the batch).
         progress: show a tqdm bar (also hidden when stderr is not a TTY, and on ranks > 0).
 
     Returns:
@@ -239,6 +244,7 @@ def train(
         ("log_every", log_every, 1),
         ("eval_every", eval_every, 0),
         ("checkpoint_every", checkpoint_every, 0),
+        ("accumulate_steps", accumulate_steps, 1),
     ]:
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -298,30 +304,45 @@ def train(
     model.train()
     try:
         while step < total_steps:
-            batch = move_to_device(cursor.next(), device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                losses = _check_losses(forward_step(model, criterion, batch), step + 1)
-            loss = sum(losses.values())
-
-            # One small all-reduce gives every rank the same values, so they agree on stopping.
-            values = all_reduce_mean(
-                torch.stack(
-                    [loss.detach().float()]
-                    + [v.detach().float().reshape(()) for v in losses.values()]
-                )
-            )
-            named = dict(zip(["loss", *losses], values.tolist(), strict=True))
-            if not all(math.isfinite(v) for v in named.values()):
-                metrics.write({"type": "nonfinite", "step": step + 1, **named})
-                saved = (
-                    f"last good checkpoint: {ckpt_path}" if ckpt_path.is_file() else "none saved"
-                )
-                raise RuntimeError(
-                    f"non-finite loss at step {step + 1}: {named}; stopping ({saved})"
-                )
-
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            named: dict[str, float] = {}
+            for micro in range(accumulate_steps):
+                batch = move_to_device(cursor.next(), device)
+                # DDP all-reduces gradients only on the last micro-batch of a step.
+                last = micro == accumulate_steps - 1
+                no_sync = getattr(model, "no_sync", None)
+                with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                    with torch.autocast(
+                        device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+                    ):
+                        losses = _check_losses(forward_step(model, criterion, batch), step + 1)
+                    loss = sum(losses.values())
+                    # One small all-reduce gives every rank the same values, so they agree on
+                    # stopping.
+                    values = all_reduce_mean(
+                        torch.stack(
+                            [loss.detach().float()]
+                            + [v.detach().float().reshape(()) for v in losses.values()]
+                        )
+                    )
+                    micro_named = dict(zip(["loss", *losses], values.tolist(), strict=True))
+                    if not all(math.isfinite(v) for v in micro_named.values()):
+                        metrics.write({"type": "nonfinite", "step": step + 1, **micro_named})
+                        saved = (
+                            f"last good checkpoint: {ckpt_path}"
+                            if ckpt_path.is_file()
+                            else "none saved"
+                        )
+                        raise RuntimeError(
+                            f"non-finite loss at step {step + 1}: {micro_named}; stopping "
+                            f"({saved})"
+                        )
+                    # The mean over micro-batches, so the step's gradient is that of one batch
+                    # accumulate_steps times larger.
+                    scaler.scale(loss / accumulate_steps).backward()
+                for name, value in micro_named.items():
+                    named[name] = named.get(name, 0.0) + value / accumulate_steps
+                window_images += _batch_size(batch) * world_size
             grad_norm = None
             if clip_grad_norm is not None:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
@@ -336,7 +357,6 @@ def train(
             for name, value in named.items():
                 window_sums[name] = window_sums.get(name, 0.0) + value
             window_steps += 1
-            window_images += _batch_size(batch) * world_size
 
             if step % log_every == 0 or step == total_steps:
                 now = time.perf_counter()

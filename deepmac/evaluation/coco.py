@@ -311,6 +311,17 @@ class CocoEvaluator:
             instances_to_coco_results(image_id, boxes_xyxy, scores, category_ids, masks)
         )
 
+    def synchronize(self) -> None:
+        """Under ``torch.distributed``, gather the results of every process (in rank order);
+        a no-op alone."""
+        from deepmac.engine.distributed import all_gather_object
+
+        gathered = all_gather_object((self.results, self.image_ids))
+        if len(gathered) == 1:
+            return
+        self.results = [r for results, _ in gathered for r in results]
+        self.image_ids = set().union(*(ids for _, ids in gathered))
+
     def evaluate(self) -> dict[str, float]:
         """Score the images processed since the last ``reset``: only those, so an evaluation of
         the first images of a split is not charged for the rest (with none processed, every

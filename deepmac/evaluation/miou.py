@@ -153,6 +153,21 @@ class MaskIoUEvaluator:
         self._category_ids.append(cats[keep])
         return ious
 
+    def synchronize(self) -> None:
+        """Under ``torch.distributed``, gather the instances every process added (in rank
+        order), so that ``evaluate`` scores the whole sharded dataset; a no-op alone."""
+        from deepmac.engine.distributed import all_gather_object
+
+        gathered = all_gather_object(
+            (self._ious, self._category_ids, self.num_skipped_empty_gt, self.num_skipped_crowd)
+        )
+        if len(gathered) == 1:
+            return
+        self._ious = [iou for part in gathered for iou in part[0]]
+        self._category_ids = [cats for part in gathered for cats in part[1]]
+        self.num_skipped_empty_gt = sum(part[2] for part in gathered)
+        self.num_skipped_crowd = sum(part[3] for part in gathered)
+
     def evaluate(self) -> dict[str, float | int]:
         """mIoU per split over everything processed since the last ``reset``.
 
