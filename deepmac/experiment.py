@@ -98,6 +98,9 @@ def run_training(
     """
     out_dir = Path(out_dir)
     rank, world_size, local_rank = init_distributed()
+    if rank:
+        # Rank 0 speaks for the run; other ranks report only problems.
+        logging.getLogger("deepmac").setLevel(logging.WARNING)
     device = training_device(cfg.train.device, local_rank)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)  # before the optimizer holds its parameters
@@ -162,7 +165,9 @@ def run_training(
     model = wrap_ddp(model, sync_batchnorm=cfg.train.sync_batchnorm)
     if world_size > 1:
         logger.info(
-            "rank %d of %d on %s: global batch %d", rank, world_size, device,
+            "%d processes on %s: global batch %d",
+            world_size,
+            device.type,
             cfg.data.batch_size * cfg.train.accumulate_steps * world_size,
         )
     evaluate = None
