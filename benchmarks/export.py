@@ -106,11 +106,17 @@ def main() -> None:
         if model_type == "deepmac":
             content = torch.tensor([size, size], dtype=torch.float32).numpy()
             ((pt, ort),) = compare(
-                model_type, model, size, [{"image": image, "content_size": content}],
-                args.repeats, args.threads,
+                model_type,
+                model,
+                size,
+                [{"image": image, "content_size": content}],
+                args.repeats,
+                args.threads,
             )
-            print(f"| Deep-MAC, per image (top-{model.max_detections} masks) | {pt:.1f} "
-                  f"| {ort:.1f} | {ort / pt:.2f} |")
+            print(
+                f"| Deep-MAC, per image (top-{model.max_detections} masks) | {pt:.1f} "
+                f"| {ort:.1f} | {ort / pt:.2f} |"
+            )
         if model_type in ("box_prompted", "deepmac"):
             feeds = [
                 {"image": image, "boxes": random_boxes(n, size, generator).numpy()}
@@ -123,8 +129,10 @@ def main() -> None:
             per_box_ort = (ortn - ort1) / (args.boxes - 1)
             label = "box-prompted" if model_type == "box_prompted" else "Deep-MAC --prompt"
             print(f"| {label}, per image (1 box) | {pt1:.1f} | {ort1:.1f} | {ort1 / pt1:.2f} |")
-            print(f"| {label}, per extra box | {per_box_pt:.2f} | {per_box_ort:.2f} "
-                  f"| {per_box_ort / per_box_pt:.2f} |")
+            print(
+                f"| {label}, per extra box | {per_box_pt:.2f} | {per_box_ort:.2f} "
+                f"| {per_box_ort / per_box_pt:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import torch.distributed as dist
 
 from deepmac.config import ModelConfig
 from deepmac.data import demo_data_root
-from deepmac.models.build import build_model
 from deepmac.engine.sync_batchnorm import DistributedBatchNorm2d, convert_to_distributed_batchnorm
+from deepmac.models.build import build_model
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
@@ -50,7 +50,9 @@ def _launch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=240)
     if done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return done
 
 
@@ -108,7 +110,9 @@ def test_two_processes_train_like_one_process_with_the_global_batch(tmp_path):
         tmp_path,
     )
     one = tmp_path / "one"
-    _launch([sys.executable, str(script), str(root), str(one), str(2 * PER_PROCESS_BATCH)], tmp_path)
+    _launch(
+        [sys.executable, str(script), str(root), str(one), str(2 * PER_PROCESS_BATCH)], tmp_path
+    )
 
     rank0 = torch.load(two / "rank0.pt", weights_only=True)
     rank1 = torch.load(two / "rank1.pt", weights_only=True)
@@ -137,7 +141,9 @@ def test_two_processes_train_like_one_process_with_the_global_batch(tmp_path):
     initial = build_model(
         ModelConfig(backbone="resnet18", mask_head="resnet4", embedding_head_channels=32)
     ).state_dict()
-    changed = [n for n, v in rank0.items() if v.is_floating_point() and not torch.equal(v, initial[n])]
+    changed = [
+        n for n, v in rank0.items() if v.is_floating_point() and not torch.equal(v, initial[n])
+    ]
     assert any("running_mean" in n for n in changed)
     # The synchronised BatchNorms are new modules: their weights must still be the optimizer's.
     assert "mask_branch.head.blocks.0.bn2.weight" in changed

@@ -2,11 +2,11 @@
 
 The paper trains with synchronised BatchNorm: the statistics of a training batch are those of the
 global batch, over every process. PyTorch's ``SyncBatchNorm`` needs CUDA tensors; this module
-does the same over any backend with two differentiable all-reduces: one for the per-channel sum and count, one for
-the sum of squared deviations from the global mean. Gradients flow back through the reductions,
-so N processes with batch B compute what one process with batch N x B computes (up to float
-summation order). Outside training, or without a process group, it is a plain ``BatchNorm2d``;
-parameter and buffer names are unchanged, so checkpoints load either way.
+does the same over any backend with two differentiable all-reduces: one for the per-channel sum
+and count, one for the sum of squared deviations from the global mean. Gradients flow back
+through the reductions, so N processes with batch B compute what one process with batch N x B
+computes (up to float summation order). Outside training, or without a process group, it is a
+plain ``BatchNorm2d``; parameter and buffer names are unchanged, so checkpoints load either way.
 """
 
 from __future__ import annotations
