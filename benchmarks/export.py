@@ -2,9 +2,11 @@
 
 For the box-prompted graph: ms per image (the graph with 1 box, mostly backbone) and ms per
 extra box (slope between 1 and ``--boxes`` boxes). For Deep-MAC: ms per image (detect + top-K
-masks). PyTorch runs the same wrapper the file was exported from (mask head BN folded, float32),
-so the two columns are the same computation. Timings alternate between the two runtimes, so a
-disturbance of the machine hits both.
+masks). For Deep-MARC (the ``deepmarc_cpu`` architecture; random weights with the score
+threshold at 0, so that both runtimes segment the full ``max_detections`` boxes, the load of a
+COCO evaluation): ms per image. PyTorch runs the same wrapper the file was exported from
+(mask head BN folded, float32), so the two columns are the same computation. Timings
+alternate between the two runtimes, so a disturbance of the machine hits both.
 
 Usage:
     python benchmarks/export.py [--backbone efficientnet_lite0] [--head hourglass20]
@@ -25,7 +27,8 @@ from deepmac.config import ModelConfig
 from deepmac.export import export_onnx, onnx_wrapper
 from deepmac.export.onnx import random_boxes
 from deepmac.mask_heads import fuse_for_inference
-from deepmac.models.build import build_model, model_from_checkpoint
+from deepmac.models.build import MODEL_TYPES, build_model, model_from_checkpoint
+from deepmac.presets import get_preset
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -83,13 +86,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args.checkpoint:
-        model, cfg = model_from_checkpoint(args.checkpoint, model_types=("box_prompted", "deepmac"))
+        model, cfg = model_from_checkpoint(args.checkpoint, model_types=MODEL_TYPES)
         size, models = cfg.data.image_size, {cfg.model.type: model}
     else:
         size, models = args.size, {}
-        for model_type in ("box_prompted", "deepmac"):
+        for model_type in ("box_prompted", "deepmac", "deepmarc"):
             torch.manual_seed(0)
-            cfg = ModelConfig(type=model_type, backbone=args.backbone, mask_head=args.head)
+            if model_type == "deepmarc":
+                cfg = get_preset("deepmarc_cpu").model
+                cfg.rcnn.score_threshold = 0.0
+            else:
+                cfg = ModelConfig(type=model_type, backbone=args.backbone, mask_head=args.head)
             model = build_model(cfg).eval()
             model.mask_branch.head = fuse_for_inference(model.mask_branch.head)
             models[model_type] = model
@@ -103,7 +110,7 @@ def main() -> None:
     print("| graph | PyTorch ms | onnxruntime ms | ORT / PyTorch |")
     print("|---|---|---|---|")
     for model_type, model in models.items():
-        if model_type == "deepmac":
+        if model_type in ("deepmac", "deepmarc"):
             content = torch.tensor([size, size], dtype=torch.float32).numpy()
             ((pt, ort),) = compare(
                 model_type,
@@ -113,8 +120,12 @@ def main() -> None:
                 args.repeats,
                 args.threads,
             )
+            detections = (
+                getattr(model, "max_detections", None) or model.roi_heads.detections_per_image
+            )
+            label = "Deep-MAC" if model_type == "deepmac" else "Deep-MARC (deepmarc_cpu)"
             print(
-                f"| Deep-MAC, per image (top-{model.max_detections} masks) | {pt:.1f} "
+                f"| {label}, per image ({detections} masks) | {pt:.1f} "
                 f"| {ort:.1f} | {ort / pt:.2f} |"
             )
         if model_type in ("box_prompted", "deepmac"):

@@ -17,11 +17,40 @@ from typing import Any
 
 
 @dataclass
+class RCNNConfig:
+    """Deep-MARC's Mask R-CNN detector (``model.type="deepmarc"``). Defaults are detectron2's
+    Base-RCNN-FPN values, which Model Garden's Mask R-CNN shares."""
+
+    #: channels of every FPN level (P2-P6).
+    fpn_channels: int = 256
+    #: trunk BatchNorm: "bn" (trained, as the official synchronised BN) or "frozen_bn"
+    #: (statistics and affine fixed after loading the weights: detectron2's small-batch choice).
+    backbone_norm: str = "bn"
+    #: trunk stages left untrained: 0 = none (Model Garden), 2 = stem + C2 stage (detectron2).
+    freeze_at: int = 0
+    #: RPN: best anchors per level before NMS and proposals kept per image after it.
+    rpn_pre_nms_topk_train: int = 2000
+    rpn_pre_nms_topk_test: int = 1000
+    rpn_post_nms_topk_train: int = 1000
+    rpn_post_nms_topk_test: int = 1000
+    #: anchors sampled per image for the RPN losses (half positive at most).
+    rpn_batch_size_per_image: int = 256
+    #: RoIs sampled per image for the box head (a quarter foreground at most).
+    roi_batch_size_per_image: int = 512
+    #: width of the box head's two FC layers.
+    box_head_fc_dim: int = 1024
+    #: test: detections below this class score are dropped, then per-class NMS at this IoU.
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+
+
+@dataclass
 class ModelConfig:
     """The network. Field names follow the official ``DeepMACMaskEstimation`` proto where one
     exists (``use_xy``, ``use_instance_embedding``, ``num_init_channels``, ``mask_size``)."""
 
-    #: "box_prompted" (boxes in, masks out) or "deepmac" (CenterNet detector + mask branch).
+    #: "box_prompted" (boxes in, masks out), "deepmac" (CenterNet detector + mask branch) or
+    #: "deepmarc" (Mask R-CNN detector + class-agnostic deep mask head).
     type: str = "box_prompted"
     #: heatmap classes of the Deep-MAC detector (the contiguous ids of the dataset).
     num_classes: int = 80
@@ -48,6 +77,13 @@ class ModelConfig:
     #: (``deepmac.models.build.DEFAULT_PIXEL_STATS``).
     pixel_mean: tuple[float, float, float] | None = None
     pixel_std: tuple[float, float, float] | None = None
+    #: Deep-MARC: boxes the mask head trains on. "gt" = ground-truth boxes only (the paper,
+    #: Sec. 5); "proposals+gt" = foreground RoIs incl. the GT boxes (standard Mask R-CNN, the
+    #: Tables 1-2 baseline). Anything else is refused when the model is built. For Deep-MARC,
+    #: ``mask_size`` is the RoIAlign crop side (14 / 16 / 32; masks come out twice that) and
+    #: ``num_init_channels`` the head width (256 for deepmarc_default, 64 for the hourglasses).
+    mask_train_boxes: str = "gt"
+    rcnn: RCNNConfig = field(default_factory=RCNNConfig)
 
 
 @dataclass

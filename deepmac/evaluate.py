@@ -1,5 +1,6 @@
 """Evaluate a model on a COCO dataset the way its type is scored: the box-prompted model by
-mIoU (and AP) from ground-truth boxes, Deep-MAC by box and mask AP of its detections."""
+mIoU (and AP) from ground-truth boxes, Deep-MAC and Deep-MARC by box and mask AP of their
+detections."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from deepmac.data import CocoInstances
 from deepmac.engine.checkpoint import unwrap_model
 from deepmac.engine.distributed import get_rank, get_world_size
 from deepmac.evaluation import CocoEvaluator, MaskIoUEvaluator
-from deepmac.instance_predictor import DeepMACPredictor
+from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
 from deepmac.predictor import BoxPromptedSegmenter
 
 
@@ -96,10 +97,10 @@ def evaluate_model(
     max_images: int = 0,
     progress: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Evaluate a model in memory the way its type is scored: Deep-MAC by detection AP,
-    the box-prompted model by mIoU and AP from ground-truth boxes."""
+    """Evaluate a model in memory the way its type is scored: Deep-MAC and Deep-MARC by
+    detection AP, the box-prompted model by mIoU and AP from ground-truth boxes."""
     model = unwrap_model(model)  # DDP: the predictors call the model's own methods
-    if cfg.model.type == "deepmac":
+    if cfg.model.type in DETECTOR_MODEL_TYPES:
         predictor = DeepMACPredictor(
             model,
             image_size=cfg.data.image_size,

@@ -24,6 +24,7 @@ from deepmac.data import (
 from deepmac.engine import build_warmup_cosine, resume_from, train
 from deepmac.engine.distributed import init_distributed, wrap_ddp
 from deepmac.evaluate import evaluate_model
+from deepmac.instance_predictor import DETECTOR_MODEL_TYPES
 from deepmac.models.build import build_model
 from deepmac.steps import training_step
 
@@ -125,8 +126,8 @@ def run_training(
         size_divisibility=model.size_multiple,
         pin_memory=device.type == "cuda",
     )
-    if cfg.model.type == "deepmac":
-        # The heatmap has one channel per class of the training data, in its contiguous order.
+    if cfg.model.type in DETECTOR_MODEL_TYPES:
+        # The detector scores one class per category of the training data, in contiguous order.
         cfg.model.category_ids = [int(c) for c in datasets[0].category_ids]
         cfg.model.class_names = list(datasets[0].category_names)
         if cfg.model.num_classes != len(cfg.model.category_ids):

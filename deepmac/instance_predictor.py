@@ -1,4 +1,5 @@
-"""``DeepMACPredictor``: images in, instances out (boxes, scores, classes, masks) with Deep-MAC.
+"""``DeepMACPredictor``: images in, instances out (boxes, scores, classes, masks) with Deep-MAC
+or Deep-MARC (any model type of ``DETECTOR_MODEL_TYPES``).
 
 predictor = load_model("runs/deepmac/last.pt")
 instances = predictor.predict(image)   # boxes (K, 4) xyxy, scores, category_ids, masks (K, H, W)
@@ -17,6 +18,9 @@ from torch import Tensor
 from deepmac.data.transforms import ResizePad
 from deepmac.predictor import image_to_tensor, inference_autocast
 from deepmac.structures.masks import paste_masks_in_image
+
+#: Checkpoints holding a detector with a mask branch: Deep-MAC and Deep-MARC.
+DETECTOR_MODEL_TYPES = ("deepmac", "deepmarc")
 
 
 @dataclass
@@ -38,7 +42,7 @@ class Instances:
 
 
 class DeepMACPredictor:
-    """Run a ``DeepMAC`` model on single images.
+    """Run a ``DeepMAC`` or ``DeepMARC`` model on single images.
 
     Args:
         model: the network (put in eval mode here).
@@ -72,7 +76,7 @@ class DeepMACPredictor:
     ) -> DeepMACPredictor:
         from deepmac.models.build import model_from_checkpoint
 
-        model, cfg = model_from_checkpoint(path, model_types=("deepmac",), fuse=fuse)
+        model, cfg = model_from_checkpoint(path, model_types=DETECTOR_MODEL_TYPES, fuse=fuse)
         return cls(
             model,
             image_size=cfg.data.image_size,
@@ -102,8 +106,11 @@ class DeepMACPredictor:
         keep = det.scores >= self.score_threshold
         scale = torch.tensor([width / new_w, height / new_h] * 2)
         boxes = det.boxes[keep].float() * scale
-        # Boxes of zero area (a collapsed size prediction) get an empty mask, not an error.
-        masks = paste_masks_in_image(probs[keep], boxes, (height, width), threshold)
+        # Each model pastes with its own crop convention: TF crop_and_resize for Deep-MAC,
+        # half-pixel RoIAlign for Deep-MARC (``paste_masks``). Boxes of zero area (a collapsed
+        # size prediction) get an empty mask, not an error.
+        paste = getattr(self.model, "paste_masks", paste_masks_in_image)
+        masks = paste(probs[keep], boxes, (height, width), threshold)
         labels = det.labels[keep]
         return Instances(
             boxes=boxes,

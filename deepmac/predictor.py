@@ -72,12 +72,14 @@ def check_prompt_boxes(boxes: Tensor | np.ndarray | list, image_size: tuple[int,
     return clipped
 
 
-#: Checkpoints whose model has the box-prompted embeddings and mask branch.
-PROMPTABLE_MODEL_TYPES = ("box_prompted", "deepmac")
+#: Checkpoints whose mask branch can segment given boxes: the box-prompted model and Deep-MAC
+#: (embeddings cropped with crop_and_resize), Deep-MARC (FPN features RoIAligned at the box).
+PROMPTABLE_MODEL_TYPES = ("box_prompted", "deepmac", "deepmarc")
 
 
 class BoxPromptedSegmenter:
-    """Box-prompted segmentation with a ``BoxPromptedDeepMAC`` model.
+    """Box-prompted segmentation with any model of ``PROMPTABLE_MODEL_TYPES``: its backbone runs
+    once per image, its mask branch once per chunk of boxes.
 
     Args:
         model: the network (put in eval mode here).
@@ -118,7 +120,8 @@ class BoxPromptedSegmenter:
         from deepmac.models.build import model_from_checkpoint
 
         # Every model with a mask branch takes box prompts: Deep-MAC's embeddings and mask
-        # branch are those of the box-prompted model.
+        # branch are those of the box-prompted model; Deep-MARC's head runs on RoIAligned FPN
+        # features at any box, as it does at its detections.
         model, cfg = model_from_checkpoint(path, model_types=PROMPTABLE_MODEL_TYPES, fuse=fuse)
         return cls(model, image_size=cfg.data.image_size, box_chunk=box_chunk, amp_dtype=amp_dtype)
 
@@ -133,10 +136,14 @@ class BoxPromptedSegmenter:
         resized, target = self.resize(pixels, {})
         new_h, new_w = target["size"]
         with self._autocast():
-            ((pixel, instance),) = self.model.embeddings(resized[None])
+            if self._is_rcnn:
+                features = {"pyramid": self.model.features(resized[None])}
+            else:
+                ((pixel, instance),) = self.model.embeddings(resized[None])
+                instance = None if instance is None else instance.float()
+                features = {"pixel": pixel.float(), "instance": instance}
         self._cache = {
-            "pixel": pixel.float(),
-            "instance": None if instance is None else instance.float(),
+            **features,
             "input_size": tuple(resized.shape[-2:]),
             "image_size": (height, width),
             "scale": torch.tensor([new_w / width, new_h / height] * 2),
@@ -161,11 +168,22 @@ class BoxPromptedSegmenter:
         for start in range(0, len(boxes), self.box_chunk):
             chunk = input_boxes[start : start + self.box_chunk]
             with self._autocast():
-                logits = branch(cache["pixel"], cache["instance"], chunk, None, cache["input_size"])
+                if self._is_rcnn:
+                    index = torch.zeros(len(chunk), dtype=torch.long)
+                    logits = branch(cache["pyramid"], chunk, index)
+                else:
+                    pixel, instance = cache["pixel"], cache["instance"]
+                    logits = branch(pixel, instance, chunk, None, cache["input_size"])
             probs.append(logits.float().sigmoid()[:, 0])
         if not probs:
-            return torch.zeros(0, branch.mask_size, branch.mask_size)
+            size = branch.output_size if self._is_rcnn else branch.mask_size
+            return torch.zeros(0, size, size)
         return torch.cat(probs)
+
+    @property
+    def _is_rcnn(self) -> bool:
+        """Deep-MARC: FPN features and RoIAlign instead of embeddings and crop_and_resize."""
+        return getattr(self.model, "model_type", None) == "deepmarc"
 
     def predict(
         self,
@@ -188,4 +206,6 @@ class BoxPromptedSegmenter:
             self.set_image(image)
         image_size = self._cached()["image_size"]
         clipped = check_prompt_boxes(boxes, image_size)
-        return paste_masks_in_image(self._probs(clipped), clipped, image_size, threshold)
+        # Each model pastes with the convention it crops with (Deep-MARC: RoIAlign's).
+        paste = getattr(self.model, "paste_masks", paste_masks_in_image)
+        return paste(self._probs(clipped), clipped, image_size, threshold)

@@ -79,13 +79,39 @@ class DeepMACStep(BoxPromptedStep):
         return losses
 
 
-def training_step(cfg: ExperimentConfig) -> BoxPromptedStep:
+class DeepMARCStep:
+    """One Deep-MARC training pass: the model computes its RPN, box and mask losses from the
+    targets (Mask R-CNN samples anchors and RoIs inside); the mask loss gets its task weight
+    (1.0 in Mask R-CNN; ``train.mask_loss_weight``)."""
+
+    def __init__(self, *, max_instances: int, mask_loss_weight: float) -> None:
+        self.max_instances = max_instances
+        self.mask_loss_weight = mask_loss_weight
+
+    def __call__(self, model, criterion, batch) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        out = model(
+            images.tensor,
+            targets,
+            images.image_sizes,
+            max_mask_instances=self.max_instances,
+        )
+        losses = dict(out.losses)
+        losses["loss_mask"] = self.mask_loss_weight * losses["loss_mask"]
+        return losses
+
+
+def training_step(cfg: ExperimentConfig) -> BoxPromptedStep | DeepMARCStep:
     """The engine's ``forward_step`` for the model type of ``cfg``."""
     common = dict(
         mask_size=cfg.model.mask_size,
         max_instances=cfg.data.max_instances,
         mask_loss_weight=cfg.train.mask_loss_weight,
     )
+    if cfg.model.type == "deepmarc":
+        return DeepMARCStep(
+            max_instances=cfg.data.max_instances, mask_loss_weight=cfg.train.mask_loss_weight
+        )
     if cfg.model.type == "deepmac":
         return DeepMACStep(num_classes=cfg.model.num_classes, **common)
     return BoxPromptedStep(**common)

@@ -147,6 +147,12 @@ def test_cli_train_eval_predict(tmp_path):
     )
     metrics = json.loads(metrics_path.read_text())
     assert 0.0 <= metrics["segm/nonvoc/AP"] <= 1.0 and 0.0 <= metrics["bbox/all/AP"] <= 1.0
+    # --gt-boxes scores the mask branch from ground-truth boxes, as the box-prompted model.
+    args = ["eval", str(run / "last.pt"), "--gt-boxes", "--max-images", "2", "--no-progress"]
+    assert main([*args, "--out", str(metrics_path)]) == 0
+    metrics = json.loads(metrics_path.read_text())
+    # The GT boxes are the detections: box AP is exactly 1.
+    assert 0.0 < metrics["mask_iou/all/mIoU"] <= 1.0 and metrics["bbox/all/AP"] == 1.0
     out = tmp_path / "dets.json"
     images = demo_data_root() / "val2017"
     args = [

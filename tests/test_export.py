@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepmac.config import ExperimentConfig, ModelConfig
+from deepmac.config import ExperimentConfig, ModelConfig, RCNNConfig
 from deepmac.engine import save_checkpoint
 from deepmac.models.build import build_model
 
@@ -73,6 +73,61 @@ def test_export_parity_of_large_heads(tmp_path, head):
     model, _ = small_model("box_prompted", head=head)
     path = export_onnx(model, tmp_path / "m.onnx", image_size=SIZE)
     assert max(check_onnx_parity(model, path, image_size=SIZE).values()) <= TOLERANCE
+
+
+def small_deepmarc(score_threshold: float) -> tuple[torch.nn.Module, ModelConfig]:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        type="deepmarc",
+        backbone="resnet18",
+        mask_head="deepmarc_default",
+        mask_size=14,
+        num_init_channels=16,
+        num_classes=3,
+        max_detections=10,
+        category_ids=[1, 18, 44],
+        class_names=["person", "dog", "bottle"],
+        rcnn=RCNNConfig(
+            fpn_channels=32,
+            box_head_fc_dim=64,
+            score_threshold=score_threshold,
+            rpn_pre_nms_topk_test=200,
+            rpn_post_nms_topk_test=50,
+        ),
+    )
+    return build_model(cfg).eval(), cfg
+
+
+def test_deepmarc_export_runs_rpn_nms_and_roialign_in_onnxruntime(tmp_path):
+    """The whole Deep-MARC detector as one graph (RPN, NonMaxSuppression, RoiAlign, box head,
+    mask head): the export command's parity check passes, and the runtime gives the PyTorch
+    predictor's detections and masks on a non-square image."""
+    model, cfg = small_deepmarc(score_threshold=0.0)  # random weights: keep every class score
+    write_checkpoint(tmp_path / "r.pt", model, cfg)
+    assert main(["export", str(tmp_path / "r.pt"), "--onnx", str(tmp_path / "r.onnx")]) == 0
+    image = (np.random.default_rng(1).random((70, 130, 3)) * 255).astype(np.uint8)
+    onnx_model = OnnxModel(tmp_path / "r.onnx")
+    assert onnx_model.model_type == "deepmarc"
+    expected = DeepMACPredictor.from_checkpoint(tmp_path / "r.pt").predict(image)
+    got = onnx_model.detect(image)
+    assert len(got.boxes) == len(expected.boxes) == 10
+    torch.testing.assert_close(got.boxes, expected.boxes, atol=1e-3, rtol=0)
+    torch.testing.assert_close(got.scores, expected.scores, atol=1e-5, rtol=0)
+    assert got.category_ids.tolist() == expected.category_ids.tolist()
+    assert (got.masks != expected.masks).float().mean() < 1e-3
+
+
+@pytest.mark.slow
+def test_deepmarc_export_with_no_detections(tmp_path):
+    """A score threshold no class reaches: K = 0 in both runtimes (empty outputs, no error)."""
+    model, _ = small_deepmarc(score_threshold=1.0)
+    path = export_onnx(model, tmp_path / "r.onnx", image_size=SIZE)
+    diffs = check_onnx_parity(model, path, image_size=SIZE)
+    assert diffs == {"boxes": 0.0, "scores": 0.0, "labels_mismatch": 0.0, "mask_probs": 0.0}
+    got = OnnxModel(path).detect(
+        (np.random.default_rng(2).random((50, 90, 3)) * 255).astype(np.uint8)
+    )
+    assert got.boxes.shape == (0, 4) and got.masks.shape == (0, 50, 90)
 
 
 def write_checkpoint(path, model, cfg: ModelConfig):

@@ -13,6 +13,10 @@ resnet18 / resnet34    64          1       ImageNet ResNet + FPN-lite neck
 resnet50               128         1       ImageNet ResNet + FPN-lite neck
 efficientnet_lite0     64          1       EfficientNet-Lite0 + FPN-lite neck (CPU default)
 =====================  ==========  ======  =============================================
+
+Deep-MARC uses a multi-level pyramid instead: ``build_fpn_backbone`` (``fpn.py``) puts a
+Mask R-CNN FPN (P2-P6, 256 channels) on any trunk of ``FPN_TRUNKS`` (ResNet-18..101,
+EfficientNet-Lite0).
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ from deepmac.backbones.efficientnet import (
     EfficientNetLiteBackbone,
     efficientnet_lite0_weights_path,
 )
+from deepmac.backbones.fpn import (
+    FPN,
+    FPN_TRUNKS,
+    FPNBackbone,
+    FPNStride4,
+    FrozenBatchNorm2d,
+    build_fpn_backbone,
+    freeze_batch_norm,
+)
 from deepmac.backbones.hourglass import HourglassBackbone, build_hourglass_backbone
 from deepmac.backbones.neck import FPNLiteNeck
 from deepmac.backbones.resnet import ResNetBackbone
@@ -37,10 +50,17 @@ __all__ = [
     "IMAGENET_WEIGHTS",
     "Backbone",
     "EfficientNetLiteBackbone",
+    "FPN",
+    "FPNBackbone",
     "FPNLiteNeck",
+    "FPNStride4",
+    "FPN_TRUNKS",
+    "FrozenBatchNorm2d",
     "HourglassBackbone",
     "ResNetBackbone",
     "build_backbone",
+    "build_fpn_backbone",
+    "freeze_batch_norm",
     "efficientnet_lite0_weights_path",
     "load_backbone_weights",
     "read_state_dict",

@@ -1,4 +1,4 @@
-"""ImageNet ResNet-18/34/50 trunks (He et al., 2016) with the FPN-lite neck to stride 4.
+"""ImageNet ResNet-18/34/50/101 trunks (He et al., 2016) with the FPN-lite neck to stride 4.
 
 Module names follow torchvision's ``resnet.py`` (``conv1``, ``bn1``, ``layer1..4``,
 ``downsample.0/1``; v1.5: the stride sits on the 3x3 conv of the bottleneck), so a torchvision
@@ -80,6 +80,7 @@ RESNET_SPECS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, ..
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),  # Deep-MARC R-101-FPN (deepmac.backbones.fpn)
 }
 
 

@@ -60,12 +60,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _load_any_checkpoint(path: str) -> dict:
     from deepmac.engine import load_checkpoint
+    from deepmac.models.build import MODEL_TYPES
 
     ckpt = load_checkpoint(path)
-    if ckpt.get("model_type") not in ("box_prompted", "deepmac"):
+    if ckpt.get("model_type") not in MODEL_TYPES:
         raise ValueError(
             f"{path} holds a {ckpt.get('model_type')!r} model; eval and predict take "
-            f"'box_prompted' and 'deepmac' checkpoints"
+            f"{', '.join(map(repr, MODEL_TYPES))} checkpoints"
         )
     return ckpt
 
@@ -75,8 +76,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from deepmac.data import CocoInstances
     from deepmac.evaluate import evaluate_box_prompted, evaluate_deepmac
     from deepmac.experiment import amp_dtype, eval_root
-    from deepmac.instance_predictor import DeepMACPredictor
-    from deepmac.predictor import BoxPromptedSegmenter
+    from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
+    from deepmac.predictor import PROMPTABLE_MODEL_TYPES, BoxPromptedSegmenter
 
     ckpt = _load_any_checkpoint(args.checkpoint)
     cfg = config_from_dict(ckpt["config"])
@@ -84,7 +85,13 @@ def run_eval(args: argparse.Namespace) -> int:
     dataset = CocoInstances(root, args.split, mask_split=cfg.data.mask_split)
     options = dict(max_images=args.max_images, progress=not args.no_progress)
     start = time.perf_counter()
-    if ckpt["model_type"] == "deepmac":
+    if args.gt_boxes and ckpt["model_type"] not in PROMPTABLE_MODEL_TYPES:
+        raise ValueError(
+            f"--gt-boxes needs a model that takes box prompts "
+            f"({', '.join(PROMPTABLE_MODEL_TYPES)}); {args.checkpoint} holds a "
+            f"{ckpt['model_type']!r} model"
+        )
+    if ckpt["model_type"] in DETECTOR_MODEL_TYPES and not args.gt_boxes:
         predictor = DeepMACPredictor.from_checkpoint(ckpt, amp_dtype=amp_dtype(args.amp))
         metrics, _ = evaluate_deepmac(predictor, dataset, **options)
         shown = {k: v for k, v in metrics.items() if k.endswith(("/AP", "/AP50", "/AP75"))}
@@ -135,7 +142,7 @@ def _image_id(path: Path, index: int) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from deepmac.evaluation import instances_to_coco_results, write_coco_results
     from deepmac.experiment import amp_dtype
-    from deepmac.instance_predictor import DeepMACPredictor
+    from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
     from deepmac.predictor import BoxPromptedSegmenter
     from deepmac.visualization import draw_instances
 
@@ -146,7 +153,7 @@ def run_predict(args: argparse.Namespace) -> int:
         viz.mkdir(parents=True, exist_ok=True)
     results, num_boxes, start = [], 0, time.perf_counter()
     if args.boxes is None:
-        if ckpt["model_type"] != "deepmac":
+        if ckpt["model_type"] not in DETECTOR_MODEL_TYPES:
             raise ValueError("a box-prompted model needs --boxes (COCO instances or results JSON)")
         predictor = DeepMACPredictor.from_checkpoint(ckpt, amp_dtype=amp_dtype(args.amp))
         predictor.score_threshold = args.score_threshold

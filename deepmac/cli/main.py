@@ -81,11 +81,19 @@ def _add_train(subparsers) -> None:
 def _add_eval(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate a checkpoint with ground-truth boxes (split mIoU and mask AP)",
-        description="Masks from the ground-truth boxes of every image; mIoU overall / VOC / "
-        "non-VOC and mask AP with the GT boxes as detections of score 1.",
+        help="evaluate a checkpoint: detection AP, or split mIoU from ground-truth boxes",
+        description="A box-prompted model: masks from the ground-truth boxes of every image; "
+        "mIoU overall / VOC / non-VOC and mask AP with the GT boxes as detections of score 1. "
+        "Deep-MAC / Deep-MARC: box AP and mask AP (overall / VOC / non-VOC) of the detections; "
+        "with --gt-boxes they are scored like a box-prompted model.",
     )
     parser.add_argument("checkpoint", help="OUT/last.pt of a training run")
+    parser.add_argument(
+        "--gt-boxes",
+        action="store_true",
+        help="Deep-MAC / Deep-MARC: segment the ground-truth boxes instead of detecting "
+        "(split mIoU)",
+    )
     parser.add_argument("--data-root", help="COCO-style root (default: the run's eval root)")
     parser.add_argument("--split", default="val2017", help="default val2017")
     parser.add_argument("--max-images", type=int, default=0, help="0 = all")
@@ -200,6 +208,44 @@ def _run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert_tf(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert-tf",
+        help="convert official TensorFlow Deep-MAC / Deep-MARC weights to a checkpoint",
+        description="Read a TF2 checkpoint or SavedModel of the official code (needs "
+        "TensorFlow: pip install tensorflow-cpu) and write a deepmac checkpoint. --model deepmac "
+        "gives a model for predict/eval/load_model; deepmarc and head:NAME give a mask head "
+        "(deepmac.convert.load_mask_head). Every TF variable is converted or reported.",
+    )
+    parser.add_argument(
+        "src", help="SavedModel folder, checkpoint folder or prefix (.../ckpt-0), or an "
+        "exported-model folder holding checkpoint/ and saved_model/"
+    )
+    parser.add_argument(
+        "--model", required=True, metavar="{deepmac,deepmarc,head:NAME}",
+        help="what SRC holds: the whole Deep-MAC, the Deep-MARC mask head of a Model Garden "
+        "checkpoint, or one mask head (e.g. head:hourglass100)",
+    )
+    parser.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    parser.add_argument(
+        "--mask-head", help="Deep-MAC mask head name (default: the one the weights fit)"
+    )
+    parser.add_argument("--mask-size", type=int, default=32, help="mask crop side (default 32)")
+    parser.add_argument(
+        "--image-size", type=int, default=1024,
+        help="input side the model runs at (default 1024, as deepmac_1024x1024_coco17)",
+    )
+    parser.add_argument("--tf-root", help="variable-name prefix of the model in SRC, if unusual")
+    parser.add_argument("--report", help="also write the full conversion report as JSON here")
+    parser.set_defaults(handler=_run_convert_tf)
+
+
+def _run_convert_tf(args: argparse.Namespace) -> int:
+    from deepmac.cli.convert import convert_tf_command
+
+    return convert_tf_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepmac",
@@ -216,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_eval,
         _add_predict,
         _add_export,
+        _add_convert_tf,
         _add_heads,
         _add_score,
     ):

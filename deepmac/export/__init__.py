@@ -3,9 +3,17 @@
 from deepmac.export.onnx import (
     BoxPromptedOnnx,
     DeepMACOnnx,
+    DeepMARCOnnx,
     check_onnx_parity,
     export_onnx,
     onnx_wrapper,
 )
 
-__all__ = ["BoxPromptedOnnx", "DeepMACOnnx", "check_onnx_parity", "export_onnx", "onnx_wrapper"]
+__all__ = [
+    "BoxPromptedOnnx",
+    "DeepMACOnnx",
+    "DeepMARCOnnx",
+    "check_onnx_parity",
+    "export_onnx",
+    "onnx_wrapper",
+]

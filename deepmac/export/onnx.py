@@ -18,6 +18,11 @@ input pixels (clipped to the content), ``scores`` ``(K,)``, ``labels`` ``(K,)`` 
 contiguous class ids, ``mask_probs`` ``(K, M, M)``, with ``K = max_detections`` fixed: the top-K
 CenterNet peaks, no threshold (filter by score outside the graph).
 
+Deep-MARC graph (``DeepMARCOnnx``, same inputs and outputs): ``K`` is dynamic, at most
+``max_detections``: the RPN, the box head's score threshold and per-class NMS all run inside
+the graph (NMS and RoIAlign as ONNX ``NonMaxSuppression`` and ``RoiAlign``, see
+``deepmac.export.onnx_ops``), so the file gives what ``DeepMARC`` gives in PyTorch.
+
 ``deepmac.export.runtime`` runs either file with onnxruntime, doing this pre- and
 post-processing, for users who want the whole path without PyTorch models.
 """
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deepmac.export.onnx_ops import custom_translation_table
 from deepmac.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -78,11 +84,47 @@ class DeepMACOnnx(nn.Module):
         return det.boxes, det.scores, det.labels, torch.sigmoid(out.mask_logits[-1])[:, 0]
 
 
+class DeepMARCOnnx(nn.Module):
+    """Image in; Deep-MARC's detections with per-box mask probabilities out, their number ``K``
+    (at most ``max_detections``) decided inside the graph by the score threshold and NMS.
+
+    The mask head runs on a fixed ``max_detections`` boxes (the detections, padded by repeating
+    the first box or a dummy box when there are none) and its output is cut to ``K`` afterwards:
+    convolutions over a batch whose size is only known at run time do not trace, and Mask
+    R-CNN's low score threshold leaves close to ``max_detections`` boxes on real images anyway.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, image: Tensor, content_size: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(1, 3, S, S)`` image, ``(2,)`` content ``(h, w)`` -> boxes ``(K, 4)``, scores
+        ``(K,)``, labels ``(K,)``, mask probabilities ``(K, M, M)``."""
+        model = self.model
+        features = model.features(image)
+        image_sizes = content_size[None]
+        proposals, _ = model.rpn(features, image_sizes)
+        (det,) = model.roi_heads.inference(features, proposals, image_sizes)
+        slots = model.roi_heads.detections_per_image
+        dummy = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=image.device).expand(slots, 4)
+        padded = torch.cat([det.boxes, dummy])[:slots]  # (slots, 4): a static size
+        index = torch.zeros(slots, dtype=torch.long, device=image.device)
+        probs = torch.sigmoid(model.mask_branch(features, padded, index))[:, 0]
+        count = det.boxes.shape[0]
+        return det.boxes, det.scores, det.labels, probs[:count]
+
+
 #: Model type -> (wrapper, input names, output names).
 _WRAPPERS = {
     "box_prompted": (BoxPromptedOnnx, ["image", "boxes"], ["mask_probs"]),
     "deepmac": (
         DeepMACOnnx,
+        ["image", "content_size"],
+        ["boxes", "scores", "labels", "mask_probs"],
+    ),
+    "deepmarc": (
+        DeepMARCOnnx,
         ["image", "content_size"],
         ["boxes", "scores", "labels", "mask_probs"],
     ),
@@ -194,6 +236,7 @@ def export_onnx(
             opset_version=opset,
             dynamo=True,
             verbose=False,
+            custom_translation_table=custom_translation_table(),
         )
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto)

@@ -85,7 +85,7 @@ class OnnxModel:
         return paste_masks_in_image(torch.from_numpy(probs), clipped, image_size, threshold)
 
     def detect(self, image, *, score_threshold: float = 0.0) -> Instances:
-        """Detections with masks in the image's own frame (a Deep-MAC graph)."""
+        """Detections with masks in the image's own frame (a Deep-MAC or Deep-MARC graph)."""
         if "boxes" in self.input_names:
             raise ValueError(f"this ONNX file is a {self.model_type!r} graph that needs boxes")
         feeds, (height, width), scale = self._prepare(image)
@@ -103,5 +103,14 @@ class OnnxModel:
             if self.category_ids
             else labels.clone(),
             names=[self.class_names[int(c)] for c in labels] if self.class_names else [],
-            masks=paste_masks_in_image(probs[keep], boxes, (height, width)),
+            masks=self._paste(probs[keep], boxes, (height, width)),
         )
+
+    @property
+    def _paste(self):
+        """The model family's paste convention: Deep-MARC's masks are RoIAligned crops."""
+        if self.model_type == "deepmarc":
+            from deepmac.models.deepmarc.mask_head import paste_roi_masks
+
+            return paste_roi_masks
+        return paste_masks_in_image

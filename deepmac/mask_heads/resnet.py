@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepmac.mask_heads.layers import MaskHead, glorot_uniform_, keras_batch_norm
+from deepmac.mask_heads.layers import MaskHead, glorot_uniform_, keras_batch_norm, relu_
 
 __all__ = ["RESNET_HEAD_STAGES", "KerasBasicBlock", "ResNetMaskHead", "dilated_conv_indices"]
 
@@ -86,10 +85,10 @@ class KerasBasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_in, H, W) -> (N, filters, H, W)``."""
-        pre = F.relu(self.preact_bn(x), inplace=True)
+        pre = relu_(self.preact_bn(x))
         shortcut = x if self.shortcut is None else self.shortcut(pre)
-        r = F.relu(self.bn1(self.conv1(pre)), inplace=True)
-        r = F.relu(self.bn2(self.conv2(r)), inplace=True)
+        r = relu_(self.bn1(self.conv1(pre)))
+        r = relu_(self.bn2(self.conv2(r)))
         return shortcut + r
 
 

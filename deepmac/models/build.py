@@ -32,7 +32,64 @@ DEFAULT_PIXEL_STATS = {
     ),
 }
 
-MODEL_TYPES = ("box_prompted", "deepmac")
+MODEL_TYPES = ("box_prompted", "deepmac", "deepmarc")
+
+
+def _build_deepmarc(cfg: ModelConfig) -> nn.Module:
+    """Deep-MARC from its config: FPN on ``cfg.backbone``'s trunk, RPN, box and mask branches."""
+    from deepmac.backbones import build_fpn_backbone
+    from deepmac.models.deepmarc import (
+        DeepMARC,
+        RegionProposalNetwork,
+        RoIBoxHeads,
+        RoIMaskBranch,
+        check_mask_train_boxes,
+    )
+
+    check_mask_train_boxes(cfg.mask_train_boxes)  # before the (slow) backbone is built
+    rcnn = cfg.rcnn
+    backbone = build_fpn_backbone(
+        cfg.backbone,
+        init=cfg.backbone_init,
+        out_channels=rcnn.fpn_channels,
+        norm=rcnn.backbone_norm,
+        freeze_at=rcnn.freeze_at,
+    )
+    pooled_strides = backbone.strides[:4]  # RoI heads pool P2-P5; the RPN also uses P6
+    rpn = RegionProposalNetwork(
+        rcnn.fpn_channels,
+        strides=backbone.strides,
+        pre_nms_topk=(rcnn.rpn_pre_nms_topk_train, rcnn.rpn_pre_nms_topk_test),
+        post_nms_topk=(rcnn.rpn_post_nms_topk_train, rcnn.rpn_post_nms_topk_test),
+        batch_size_per_image=rcnn.rpn_batch_size_per_image,
+    )
+    roi_heads = RoIBoxHeads(
+        rcnn.fpn_channels,
+        strides=pooled_strides,
+        num_classes=cfg.num_classes,
+        fc_dim=rcnn.box_head_fc_dim,
+        batch_size_per_image=rcnn.roi_batch_size_per_image,
+        score_threshold=rcnn.score_threshold,
+        nms_threshold=rcnn.nms_threshold,
+        detections_per_image=cfg.max_detections,
+    )
+    mask_branch = RoIMaskBranch(
+        cfg.mask_head,
+        rcnn.fpn_channels,
+        crop_size=cfg.mask_size,
+        num_init_channels=cfg.num_init_channels,
+        strides=pooled_strides,
+    )
+    mean, std = DEFAULT_PIXEL_STATS.get(cfg.backbone, IMAGENET_STATS)
+    return DeepMARC(
+        backbone,
+        rpn,
+        roi_heads,
+        mask_branch,
+        mask_train_boxes=cfg.mask_train_boxes,
+        pixel_mean=cfg.pixel_mean or mean,
+        pixel_std=cfg.pixel_std or std,
+    )
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -43,6 +100,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """
     if cfg.type not in MODEL_TYPES:
         raise ValueError(f"unknown model type {cfg.type!r}; available: {', '.join(MODEL_TYPES)}")
+    if cfg.type == "deepmarc":
+        return _build_deepmarc(cfg)
     backbone = build_backbone(cfg.backbone, init=cfg.backbone_init)
     mask_branch = MaskBranch(
         cfg.mask_head,

@@ -42,8 +42,8 @@ def check_boxes_and_index(boxes: Tensor, batch_index: Tensor | None, num_images:
     # A value check needs the data: skipped while torch.export traces (ONNX export), where the
     # index is symbolic; the export wrappers build it themselves.
     if (
-        num_boxes
-        and not torch.compiler.is_compiling()
+        not torch.compiler.is_compiling()
+        and num_boxes
         and (int(batch_index.min()) < 0 or int(batch_index.max()) >= num_images)
     ):
         raise ValueError(

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from deepmac.ops.export_ops import nms_op
 from deepmac.structures.boxes import box_iou, check_boxes
 
 
@@ -24,6 +25,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     check_boxes(boxes)
     if scores.shape != (boxes.shape[0],):
         raise ValueError(f"scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}")
+    if torch.compiler.is_compiling():  # graph export: one opaque node (ONNX NonMaxSuppression)
+        return nms_op(boxes, scores, float(iou_threshold))
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
@@ -53,10 +56,11 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: fl
     check_boxes(boxes)
     if labels.shape != (boxes.shape[0],):
         raise ValueError(f"labels must have shape ({boxes.shape[0]},), got {tuple(labels.shape)}")
-    if boxes.shape[0] == 0:
+    if not torch.compiler.is_compiling() and boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    # Shift each class to its own disjoint region so one NMS call handles all classes.
-    span = boxes.max() - boxes.min() + 1
+    # Shift each class to its own disjoint region so one NMS call handles all classes. (The
+    # appended 0 keeps the reduction defined for an empty set of boxes in an exported graph.)
+    span = 2 * torch.cat([boxes.flatten(), boxes.new_zeros(1)]).abs().max() + 1
     offsets = labels.to(boxes.dtype) * span
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 

@@ -27,6 +27,7 @@ from deepmac.ops._checks import (
     pixel_to_grid,
     sample_box_grids,
 )
+from deepmac.ops.export_ops import roi_align_op
 
 
 def _bin_sample_points(start: Tensor, bin_size: Tensor, bins: int, ratio: int) -> Tensor:
@@ -92,6 +93,10 @@ def roi_align(
     check_features(features)
     batch_index = check_boxes_and_index(boxes, batch_index, features.shape[0])
     out_h, out_w = output_hw(output_size)
+    if torch.compiler.is_compiling():  # graph export: one opaque node (ONNX RoiAlign)
+        return roi_align_op(
+            features, boxes, batch_index, out_h, out_w, spatial_scale, sampling_ratio, aligned
+        )
     offset = 0.5 if aligned else 0.0
     scaled = boxes.to(features.dtype) * spatial_scale - offset  # (N, 4)
     starts = scaled[:, :2]
@@ -169,6 +174,20 @@ def multilevel_roi_align(
     levels = assign_fpn_levels(
         boxes, levels_of_strides[0], levels_of_strides[-1], canonical_box_size, canonical_level
     )
+    if torch.compiler.is_compiling():
+        # Graph export: every box pooled at every level, then each box keeps its own level's
+        # result (no data-dependent grouping; 4x the pooling work, small next to the heads).
+        out = None
+        for feature, stride, level in zip(features, strides, levels_of_strides, strict=True):
+            pooled = roi_align(
+                feature, boxes, (out_h, out_w), batch_index, 1.0 / stride, sampling_ratio, aligned
+            )
+            out = (
+                pooled
+                if out is None
+                else torch.where(levels[:, None, None, None] == level, pooled, out)
+            )
+        return out
     out = features[0].new_zeros(boxes.shape[0], features[0].shape[1], out_h, out_w)
     for feature, stride, level in zip(features, strides, levels_of_strides, strict=True):
         (idx,) = torch.nonzero(levels == level, as_tuple=True)

@@ -57,12 +57,14 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
 
-def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """Clip xyxy boxes to an image of ``(height, width)``; returns a new tensor."""
+def clip_boxes(boxes: Tensor, image_size: tuple[int, int] | Tensor) -> Tensor:
+    """Clip ``(N, 4)`` xyxy boxes to an image of ``(height, width)`` (ints, or a ``(2,)``
+    tensor as in exported graphs, where the content size is an input); returns a new tensor."""
     height, width = image_size
-    x = boxes[:, 0::2].clamp(0, width)
-    y = boxes[:, 1::2].clamp(0, height)
-    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=-1)
+    limits = torch.stack(
+        [torch.as_tensor(v, dtype=boxes.dtype, device=boxes.device) for v in (width, height) * 2]
+    )
+    return torch.minimum(boxes.clamp(min=0), limits)
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

@@ -1,0 +1,176 @@
+"""The Deep-MARC mask branch: class-agnostic mask head on RoIAlign features of FPN levels.
+
+``RoIMaskBranch`` pools ``S x S`` features (RoIAlign ``aligned=True``, adaptive sampling, level by
+box size over P2-P5) at the boxes it is given and runs any trainable head of
+``deepmac.mask_heads.MASK_HEADS`` on them; the Deep-MARC heads (``deepmarc_default``: 4 convs +
+deconv, 14 -> 28; ``deepmarc_hourglass20``: 16 -> 32; ``deepmarc_hourglass52``: 32 -> 64, paper
+Sec. 3) end in a 2x deconv and one logit channel. Which boxes it sees in training is the model's
+choice (``mask_train_boxes``, ``deepmac.models.deepmarc.model``).
+
+Targets and paste-back use the same half-pixel RoIAlign convention as the features (detectron2):
+mask cell ``(i, j)`` of a box ``(x0, y0, x1, y1)`` covers ``[x0 + j w / S, x0 + (j + 1) w / S)``.
+Targets are the ground-truth masks RoIAligned at the boxes, kept soft (Model Garden crops its
+GT masks bilinearly and never binarises them); pasting samples the probabilities bilinearly at
+every image pixel centre inside the box (zeros beyond the outer cell centres' half cell) and
+thresholds at ``>= 0.5``, as detectron2's ``paste_masks_in_image``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from deepmac.mask_heads import MASK_HEADS, build_mask_head
+from deepmac.models.deepmarc.pooler import pool_levels
+from deepmac.ops import roi_align
+from deepmac.structures.boxes import check_boxes
+
+__all__ = ["RoIMaskBranch", "paste_roi_masks", "roi_mask_targets"]
+
+#: Upper bound on floats materialised at once when pasting (about 128 MB in float32).
+_MAX_FLOATS_PER_CHUNK = 32 * 1024 * 1024
+
+
+class RoIMaskBranch(nn.Module):
+    """RoIAlign at boxes + mask head.
+
+    Args:
+        head: a trainable ``MASK_HEADS`` name (``deepmarc_default``, ``deepmarc_hourglass52``...).
+        in_channels: FPN channels.
+        crop_size: RoIAlign side ``S`` (14 / 16 / 32 for the Deep-MARC heads).
+        num_init_channels: the head's width (``None``: the registry default).
+        strides: strides of the pooled levels (P2-P5).
+
+    Attributes:
+        output_size: side of the mask logits (``2 S`` for the Deep-MARC heads).
+
+    Raises:
+        ValueError: unknown or parameter-free head, or a crop side the head cannot take.
+    """
+
+    def __init__(
+        self,
+        head: str,
+        in_channels: int,
+        *,
+        crop_size: int,
+        num_init_channels: int | None = None,
+        strides: Sequence[int] = (4, 8, 16, 32),
+    ) -> None:
+        super().__init__()
+        entry = MASK_HEADS.get(head)
+        if entry is not None and entry.param_free:
+            raise ValueError(
+                f"mask head {head!r} has no parameters and needs Deep-MAC embeddings; Deep-MARC "
+                f"takes a trainable head, e.g. deepmarc_default or deepmarc_hourglass52"
+            )
+        self.head = build_mask_head(head, in_channels, num_init_channels, crop_size)
+        multiple = getattr(self.head, "size_multiple", 1)
+        if crop_size < 1 or crop_size % multiple:
+            raise ValueError(
+                f"mask head {head!r} needs a crop side that is a multiple of {multiple}, got "
+                f"model.mask_size={crop_size} (paper: 14 for deepmarc_default, 16 for "
+                f"deepmarc_hourglass20, 32 for deepmarc_hourglass52)"
+            )
+        self.crop_size = crop_size
+        self.strides = tuple(strides)
+        self.output_size = self.head.output_size(crop_size)
+
+    def forward(self, features: Sequence[Tensor], boxes: Tensor, batch_index: Tensor) -> Tensor:
+        """Mask logits ``(N, 1, S_out, S_out)`` for ``(N, 4)`` xyxy boxes (input pixels) on the
+        images ``batch_index`` ``(N,)`` names; ``features`` are P2.. maps ``(B, C, h_l, w_l)``."""
+        rois = pool_levels(features, self.strides, boxes, self.crop_size, batch_index)
+        return self.head(rois)
+
+
+def roi_mask_targets(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor, size: int) -> Tensor:
+    """Soft ``size x size`` targets: ground-truth mask ``gt_index[n]`` RoIAligned at box ``n``.
+
+    Args:
+        gt_masks: ``(G, H, W)`` bool/float masks of one image, in the input frame.
+        boxes: ``(N, 4)`` xyxy boxes in that frame (ground-truth boxes or proposals).
+        gt_index: ``(N,)`` int64 mask of each box.
+        size: output side.
+
+    Returns:
+        ``(N, size, size)`` float32 in ``[0, 1]``.
+    """
+    if gt_masks.dim() != 3:
+        raise ValueError(f"gt_masks must be (G, H, W), got {tuple(gt_masks.shape)}")
+    check_boxes(boxes)
+    if gt_index.shape != boxes.shape[:1]:
+        raise ValueError(
+            f"gt_index must be ({boxes.shape[0]},) like boxes, got {tuple(gt_index.shape)}"
+        )
+    if len(boxes) == 0:
+        return torch.zeros(0, size, size, device=boxes.device)
+    masks = gt_masks[:, None].float()  # (G, 1, H, W)
+    crops = roi_align(masks, boxes.float(), size, gt_index, 1.0, sampling_ratio=0, aligned=True)
+    return crops[:, 0].clamp(0.0, 1.0)
+
+
+def _paste_weights(lo: Tensor, hi: Tensor, length: int, cells: int) -> Tensor:
+    """Bilinear weights ``(N, length, cells)`` from mask cells to image pixels along one axis.
+
+    Pixel ``p`` (centre ``p + 0.5``) reads the mask at cell coordinate
+    ``u = (p + 0.5 - lo) / (hi - lo) * cells - 0.5`` (cell ``i`` centred at ``u = i``); taps
+    outside ``[0, cells - 1]`` read zero, exactly as ``grid_sample(align_corners=False,
+    padding_mode="zeros")``.
+    """
+    centres = torch.arange(length, dtype=torch.float32, device=lo.device) + 0.5
+    extent = (hi - lo).clamp(min=1e-6)
+    u = (centres[None, :] - lo[:, None]) / extent[:, None] * cells - 0.5  # (N, length)
+    low = u.floor()
+    frac = u - low
+    low = low.long()
+    weights = torch.zeros(lo.shape[0], length, cells + 2, device=lo.device)
+    # Shift by one so that the taps -1 and ``cells`` land in two spill columns, then drop them.
+    weights.scatter_add_(2, (low + 1).clamp(0, cells + 1)[:, :, None], (1 - frac)[:, :, None])
+    weights.scatter_add_(2, (low + 2).clamp(0, cells + 1)[:, :, None], frac[:, :, None])
+    return weights[:, :, 1:-1]
+
+
+def paste_roi_masks(
+    mask_probs: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    threshold: float | None = 0.5,
+) -> Tensor:
+    """Paste box-relative mask probabilities (RoIAlign convention) into the image.
+
+    Args:
+        mask_probs: ``(N, S, S)`` or ``(N, 1, S, S)`` probabilities.
+        boxes: ``(N, 4)`` xyxy boxes in pixels of the target image.
+        image_size: ``(H, W)``.
+        threshold: ``>= threshold`` gives bool masks; ``None`` returns the soft probabilities.
+
+    Returns:
+        ``(N, H, W)`` bool masks (float32 when ``threshold is None``).
+    """
+    if mask_probs.dim() == 4:
+        if mask_probs.shape[1] != 1:
+            raise ValueError(f"mask_probs must be (N, 1, S, S), got {tuple(mask_probs.shape)}")
+        mask_probs = mask_probs[:, 0]
+    if mask_probs.dim() != 3:
+        raise ValueError(f"mask_probs must be (N, S, S), got {tuple(mask_probs.shape)}")
+    check_boxes(boxes)
+    if mask_probs.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"mask_probs and boxes must hold the same N, got {mask_probs.shape[0]} and "
+            f"{boxes.shape[0]}"
+        )
+    height, width = (int(v) for v in image_size)
+    num = boxes.shape[0]
+    dtype = torch.bool if threshold is not None else torch.float32
+    out = torch.zeros(num, height, width, dtype=dtype, device=mask_probs.device)
+    boxes = boxes.float()
+    chunk = max(1, _MAX_FLOATS_PER_CHUNK // max(1, height * width))
+    for start in range(0, num, chunk):
+        part = slice(start, start + chunk)
+        rows = _paste_weights(boxes[part, 1], boxes[part, 3], height, mask_probs.shape[1])
+        cols = _paste_weights(boxes[part, 0], boxes[part, 2], width, mask_probs.shape[2])
+        pasted = rows @ mask_probs[part].float() @ cols.transpose(1, 2)  # (n, H, W)
+        out[part] = pasted >= threshold if threshold is not None else pasted
+    return out
