@@ -63,7 +63,9 @@ def main() -> None:
     naive = lambda f: naive_crop(f, boxes, batch_index, 32)  # noqa: E731
     align = lambda f: roi_align(f, boxes / 4, 14, batch_index, 1.0, sampling_ratio=2)  # noqa: E731
     align_adaptive = lambda f: roi_align(f, boxes / 4, 14, batch_index, 1.0, sampling_ratio=0)  # noqa: E731
-    torch.testing.assert_close(crop(features), naive(features))
+    # The naive reference re-derives sample positions through grid_sample's normalised
+    # coordinates; crop_and_resize keeps TF's float32 positions: they differ by ~1e-5.
+    torch.testing.assert_close(crop(features), naive(features), atol=1e-4, rtol=1e-4)
 
     rows = [
         ("crop_and_resize 32x32", crop),

@@ -110,12 +110,13 @@ def deepmac_hg104_1024() -> ExperimentConfig:
 
 def deepmarc_cpu() -> ExperimentConfig:
     """Deep-MARC (Mask R-CNN, class-agnostic Hourglass-20 mask head 16 -> 32 trained on GT boxes)
-    sized for 2 CPU cores: 384 px, batch 4, VOC masks only, 600 steps; pass ``--data-root``
-    (e.g. the shared COCO subsets). The trunk is EfficientNet-Lite0 + a 128-channel FPN because it is the
-    only ImageNet-pretrained CNN available offline (the paper uses ResNet-50/101-FPN, see the
-    deepmarc_r*_1024 presets); its BatchNorms are frozen (batch 4). Fewer RPN proposals, 128
-    RoIs per image and a 512-d box head keep a step near a second; the detection losses,
-    matchers and post-processing are the standard ones."""
+    sized for 2 CPU cores: 384 px, batch 4, VOC masks only, 600 steps (30-40 minutes alone on
+    2 cores); pass ``--data-root`` (e.g. the shared COCO subsets). The trunk is
+    EfficientNet-Lite0 + a 128-channel FPN because it is the only ImageNet-pretrained CNN
+    available offline (the paper uses ResNet-50/101-FPN, see the deepmarc_r*_1024 presets); its
+    BatchNorms are frozen (batch 4). Fewer RPN proposals, 128 RoIs per image and a 512-d box
+    head keep a step to about 3 s; the detection losses, matchers and post-processing are the
+    standard ones."""
     return ExperimentConfig(
         name="deepmarc_cpu",
         model=ModelConfig(

@@ -35,19 +35,28 @@ SUITES = ("crop", "conventions", "deepmac_heads", "deepmarc_heads", "deepmac_mod
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models-dir", help="folder holding research/object_detection or "
-                   "object_detection/ (default $DEEPMAC_TF_MODELS_DIR, then ../tf_od_api)")
+    p.add_argument(
+        "--models-dir",
+        help="folder holding research/object_detection or "
+        "object_detection/ (default $DEEPMAC_TF_MODELS_DIR, then ../tf_od_api)",
+    )
     p.add_argument("--suites", default=",".join(SUITES), help=f"comma list of {', '.join(SUITES)}")
     p.add_argument("--heads", help="comma list of Deep-MAC heads (default: all 13)")
-    p.add_argument("--coco-root", default=str(DEFAULT_COCO),
-                   help="COCO-style folder with annotations/instances_val2017.json and val2017/")
+    p.add_argument(
+        "--coco-root",
+        default=str(DEFAULT_COCO),
+        help="COCO-style folder with annotations/instances_val2017.json and val2017/",
+    )
     p.add_argument("--image-size", type=int, default=512, help="whole-model input side (512)")
     p.add_argument("--mask-head", default="hourglass52", help="whole-model mask head")
     p.add_argument("--no-saved-model", action="store_true", help="skip the SavedModel export")
     p.add_argument("--workdir", help="where the TF checkpoint/SavedModel go (default: a temp dir)")
     p.add_argument("--out-json", help="also write the rows as JSON here")
-    p.add_argument("--manifest-out", help="also write the official models' variable names and "
-                   "shapes (gzipped JSON; the fixture of tests/test_convert.py) here")
+    p.add_argument(
+        "--manifest-out",
+        help="also write the official models' variable names and "
+        "shapes (gzipped JSON; the fixture of tests/test_convert.py) here",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -63,8 +72,12 @@ def load_image(coco_root: Path, size: int) -> tuple[np.ndarray, np.ndarray, str]
     with Image.open(coco_root / "val2017" / info["file_name"]) as im:
         pixels = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
     scale = np.array([size / info["width"], size / info["height"]] * 2, np.float32)
-    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],
-                     np.float32).reshape(-1, 4) * scale
+    boxes = (
+        np.array(
+            [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32
+        ).reshape(-1, 4)
+        * scale
+    )
     return pixels, boxes, info["file_name"]
 
 
@@ -88,25 +101,37 @@ def main(argv: list[str] | None = None) -> int:
     if "deepmac_heads" in suites:
         log("Deep-MAC heads")
         heads = args.heads.split(",") if args.heads else parity.DEEPMAC_HEAD_NAMES
-        rows += parity.check_deepmac_heads(heads, models_dir=args.models_dir, seed=args.seed,
-                                           log=log, manifest=manifest)
+        rows += parity.check_deepmac_heads(
+            heads, models_dir=args.models_dir, seed=args.seed, log=log, manifest=manifest
+        )
     if "deepmarc_heads" in suites:
         log("Deep-MARC heads")
         rows += parity.check_deepmarc_heads(seed=args.seed, log=log, manifest=manifest)
     if "deepmac_model" in suites:
         image, boxes, name = load_image(Path(args.coco_root), args.image_size)
-        log(f"whole Deep-MAC on {name} ({len(boxes)} GT boxes), {args.image_size}x"
-            f"{args.image_size}")
+        log(
+            f"whole Deep-MAC on {name} ({len(boxes)} GT boxes), {args.image_size}x{args.image_size}"
+        )
         rows += parity.check_deepmac_model(
-            models_dir=args.models_dir, image=image, boxes=boxes, image_size=args.image_size,
-            mask_head=args.mask_head, saved_model=not args.no_saved_model,
-            workdir=args.workdir, seed=args.seed, log=log, manifest=manifest)
+            models_dir=args.models_dir,
+            image=image,
+            boxes=boxes,
+            image_size=args.image_size,
+            mask_head=args.mask_head,
+            saved_model=not args.no_saved_model,
+            workdir=args.workdir,
+            seed=args.seed,
+            log=log,
+            manifest=manifest,
+        )
     print(parity.environment_line(args.models_dir))
     print()
     print(parity.format_table(rows))
     failed = [r.component for r in rows if not r.passed]
-    print(f"\n{len(rows)} rows, {sum(r.bound is not None for r in rows)} bounded, "
-          f"{len(failed)} failed, {time.perf_counter() - start:.0f} s")
+    print(
+        f"\n{len(rows)} rows, {sum(r.bound is not None for r in rows)} bounded, "
+        f"{len(failed)} failed, {time.perf_counter() - start:.0f} s"
+    )
     if manifest is not None:
         Path(args.manifest_out).parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(manifest, separators=(",", ":"), sort_keys=True)

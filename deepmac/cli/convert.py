@@ -48,8 +48,10 @@ def convert_tf_command(args: argparse.Namespace) -> int:
         _write_json(args.report, conversion.report.to_dict())
     print(f"{conversion.description}")
     print(conversion.report.summary())
-    print(f"wrote {args.out} ({conversion.model_type} checkpoint) in "
-          f"{time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {args.out} ({conversion.model_type} checkpoint) in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 

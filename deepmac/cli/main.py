@@ -218,11 +218,14 @@ def _add_convert_tf(subparsers) -> None:
         "(deepmac.convert.load_mask_head). Every TF variable is converted or reported.",
     )
     parser.add_argument(
-        "src", help="SavedModel folder, checkpoint folder or prefix (.../ckpt-0), or an "
-        "exported-model folder holding checkpoint/ and saved_model/"
+        "src",
+        help="SavedModel folder, checkpoint folder or prefix (.../ckpt-0), or an "
+        "exported-model folder holding checkpoint/ and saved_model/",
     )
     parser.add_argument(
-        "--model", required=True, metavar="{deepmac,deepmarc,head:NAME}",
+        "--model",
+        required=True,
+        metavar="{deepmac,deepmarc,head:NAME}",
         help="what SRC holds: the whole Deep-MAC, the Deep-MARC mask head of a Model Garden "
         "checkpoint, or one mask head (e.g. head:hourglass100)",
     )
@@ -232,7 +235,9 @@ def _add_convert_tf(subparsers) -> None:
     )
     parser.add_argument("--mask-size", type=int, default=32, help="mask crop side (default 32)")
     parser.add_argument(
-        "--image-size", type=int, default=1024,
+        "--image-size",
+        type=int,
+        default=1024,
         help="input side the model runs at (default 1024, as deepmac_1024x1024_coco17)",
     )
     parser.add_argument("--tf-root", help="variable-name prefix of the model in SRC, if unusual")

@@ -167,7 +167,9 @@ class ConversionReport:
             f"{self.family}: {len(self.consumed)} TF variables converted ({layouts})",
         ]
         if self.reversed_inputs:
-            lines.append(f"  input channels reversed (BGR -> RGB): {', '.join(self.reversed_inputs)}")
+            lines.append(
+                f"  input channels reversed (BGR -> RGB): {', '.join(self.reversed_inputs)}"
+            )
         reasons = Counter(self.skipped.values())
         for reason, count in reasons.most_common():
             example = next(k for k, v in self.skipped.items() if v == reason)
@@ -249,8 +251,12 @@ def transfer_weights(
             report.unmatched[name] = f"-> {key}, already filled by {other}"
             continue
         leaf = name.rpartition("/")[2]
-        array, label = _to_torch_layout(weights.read(name) if load else _shape_only(weights, name),
-                                        leaf, owners.get(key), tuple(target[key].shape))
+        array, label = _to_torch_layout(
+            weights.read(name) if load else _shape_only(weights, name),
+            leaf,
+            owners.get(key),
+            tuple(target[key].shape),
+        )
         if key in table.input_channel_reversals:
             array = reverse_input_channels(array)
             report.reversed_inputs.append(key)
@@ -338,9 +344,7 @@ def _probe(shapes: Mapping[str, tuple[int, ...]], key: str, what: str, family: s
     return shapes[key]
 
 
-def _head_dims(
-    head_shapes: Mapping[str, tuple[int, ...]], family: str
-) -> tuple[int, int]:
+def _head_dims(head_shapes: Mapping[str, tuple[int, ...]], family: str) -> tuple[int, int]:
     """``(in_channels, num_init_channels)`` of a ``MaskHeadNetwork`` from its first kernel."""
     for key in HEAD_INPUT_KERNELS:
         if key in head_shapes:
@@ -505,17 +509,22 @@ def plan_deepmarc(
     )
     in_channels = first[2]
     options_by_variant = {"deepmarc_default": {"num_convs": num_convs}}
-    candidates = [f"deepmarc_{variant}"] if variant else [
-        n for n, e in MASK_HEADS.items() if e.family == "deepmarc"
-    ]
+    candidates = (
+        [f"deepmarc_{variant}"]
+        if variant
+        else [n for n, e in MASK_HEADS.items() if e.family == "deepmarc"]
+    )
     source = InMemoryWeights.from_shapes(rel)
     reports = {}
     for name in candidates:
         head_options = {"upsample_factor": kh, **options_by_variant.get(name, {})}
         with torch.device("meta"):
-            head = build_mask_head(name, in_channels, num_filters, options.mask_size, **head_options)
-        reports[name] = transfer_weights(source, NameTable("deepmarc", ("",), table.scopes), head,
-                                         load=False)
+            head = build_mask_head(
+                name, in_channels, num_filters, options.mask_size, **head_options
+            )
+        reports[name] = transfer_weights(
+            source, NameTable("deepmarc", ("",), table.scopes), head, load=False
+        )
     fitting = [n for n, r in reports.items() if r.ok]
     if len(fitting) != 1:
         closest = min(reports, key=lambda n: reports[n].num_problems)
@@ -536,14 +545,18 @@ def plan_head(weights: WeightSource, options: ConvertOptions, src: str, name: st
     if entry is not None and entry.family == "deepmarc":
         return plan_deepmarc(weights, options, src, variant=name.removeprefix("deepmarc_"))
     head_kind(name)  # a clear error for heads the official code does not have
-    roots = (options.tf_root,) if options.tf_root else tuple(
-        r + MASK_NET_PREFIX for r in DEEPMAC_ROOTS
-    ) + (MASK_NET_PREFIX,)
+    roots = (
+        (options.tf_root,)
+        if options.tf_root
+        else tuple(r + MASK_NET_PREFIX for r in DEEPMAC_ROOTS) + (MASK_NET_PREFIX,)
+    )
     table = _head_table(name, roots)
     rel = _relative_shapes(weights, table)
     in_channels, nc = _head_dims(rel, "head")
     select_deepmac_head(rel, in_channels, nc, options.mask_size, requested=name)
-    return _mask_head_plan(table, name, in_channels, nc, _head_mask_size(name, rel, options.mask_size))
+    return _mask_head_plan(
+        table, name, in_channels, nc, _head_mask_size(name, rel, options.mask_size)
+    )
 
 
 def plan_conversion(weights: WeightSource, model: str, options: ConvertOptions, src: str) -> Plan:
@@ -603,8 +616,13 @@ class Conversion:
     description: str
 
 
-def convert_weights(weights: WeightSource, model: str, options: ConvertOptions | None = None,
-                    *, src: str = "<memory>") -> Conversion:
+def convert_weights(
+    weights: WeightSource,
+    model: str,
+    options: ConvertOptions | None = None,
+    *,
+    src: str = "<memory>",
+) -> Conversion:
     """Convert already-opened weights (``read_tf_weights`` or ``InMemoryWeights``).
 
     Raises:
@@ -671,7 +689,9 @@ def load_mask_head(path: str | Path | dict) -> nn.Module:
     """
     from deepmac.engine.checkpoint import load_checkpoint  # noqa: PLC0415
 
-    ckpt = path if isinstance(path, dict) else load_checkpoint(path, expected_model_type="mask_head")
+    ckpt = (
+        path if isinstance(path, dict) else load_checkpoint(path, expected_model_type="mask_head")
+    )
     spec = ckpt["config"]["mask_head"]
     head = build_mask_head(
         spec["name"],

@@ -77,7 +77,11 @@ def deepmac_table(mask_head: str, roots: tuple[str, ...] = DEEPMAC_ROOTS) -> Nam
         family="deepmac",
         roots=roots,
         scopes=(
-            Scope("_feature_extractor/_network/", "backbone/", HOURGLASS_RULES + HOURGLASS_STACKED_RULES),
+            Scope(
+                "_feature_extractor/_network/",
+                "backbone/",
+                HOURGLASS_RULES + HOURGLASS_STACKED_RULES,
+            ),
             Scope("_prediction_head_dict/", "", PREDICTION_HEAD_RULES),
             *nested(mask_head_scopes(mask_head), MASK_NET_PREFIX, "mask_branch/head/"),
         ),
@@ -112,7 +116,5 @@ def coco_label_map_90(num_classes: int) -> tuple[list[int], list[str]]:
     COCO id ``c + 1`` (unused ids are named ``"unused-<id>"``; for a non-COCO model every
     channel past 90 is ``"class-<id>"``)."""
     ids = list(range(1, num_classes + 1))
-    names = [
-        COCO_LABEL_MAP.get(i, f"unused-{i}" if i <= 90 else f"class-{i}") for i in ids
-    ]
+    names = [COCO_LABEL_MAP.get(i, f"unused-{i}" if i <= 90 else f"class-{i}") for i in ids]
     return ids, names

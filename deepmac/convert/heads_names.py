@@ -46,8 +46,10 @@ HOURGLASS_RULES: tuple[Rule, ...] = (
     (r"^(?:conv_input|downsample_input)/residual_block/", "input_residual/"),
     # TF wraps the next stage in a one-element list; ours is the module itself. (A deepest-stage
     # ``inner_block/<i>/`` is a residual block list, as ours, and is left alone.)
-    (r"inner_block/0/(?=(?:encoder_block1|encoder_block2|inner_block|decoder_block)/)",
-     "inner_block/"),
+    (
+        r"inner_block/0/(?=(?:encoder_block1|encoder_block2|inner_block|decoder_block)/)",
+        "inner_block/",
+    ),
 )
 #: Stacked hourglass (the HG104 backbone): per-stack lists keep their index.
 HOURGLASS_STACKED_RULES: tuple[Rule, ...] = (

@@ -129,9 +129,7 @@ def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> t
     return total // 2, total - total // 2
 
 
-def torch_padding_for_tf_same(
-    size: int, kernel: int, stride: int, dilation: int = 1
-) -> int | None:
+def torch_padding_for_tf_same(size: int, kernel: int, stride: int, dilation: int = 1) -> int | None:
     """The symmetric ``nn.Conv2d(padding=p)`` that reproduces TF 'SAME' on this axis, or
     ``None`` when TF pads asymmetrically (then an explicit ``F.pad`` would be needed).
 

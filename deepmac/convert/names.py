@@ -20,7 +20,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["COMMON_SKIPS", "LEAVES", "MappedName", "NameTable", "Rule", "Scope", "SkipRule", "nested"]
+__all__ = [
+    "COMMON_SKIPS",
+    "LEAVES",
+    "MappedName",
+    "NameTable",
+    "Rule",
+    "Scope",
+    "SkipRule",
+    "nested",
+]
 
 #: TF variable name -> PyTorch parameter/buffer name (Conv2D/Dense/Conv2DTranspose and Keras BN).
 LEAVES: Mapping[str, str] = {

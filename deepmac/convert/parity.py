@@ -115,8 +115,12 @@ def environment_line(models_dir: str | Path | None = None) -> str:
 
     import tensorflow as tf
 
-    parts = [f"Python {platform.python_version()}", f"TensorFlow {tf.__version__}",
-             f"torch {torch.__version__}", f"numpy {np.__version__}"]
+    parts = [
+        f"Python {platform.python_version()}",
+        f"TensorFlow {tf.__version__}",
+        f"torch {torch.__version__}",
+        f"numpy {np.__version__}",
+    ]
     try:
         import tf_keras
 
@@ -150,7 +154,11 @@ def find_models_dir(models_dir: str | Path | None = None) -> Path | None:
     """The OD API location: the argument, ``$DEEPMAC_TF_MODELS_DIR``, or ``../tf_od_api``
     beside the repository; the folder that directly holds ``object_detection/`` is returned
     (None when there is none)."""
-    candidates = [models_dir, os.environ.get("DEEPMAC_TF_MODELS_DIR"), REPO_ROOT.parent / "tf_od_api"]
+    candidates = [
+        models_dir,
+        os.environ.get("DEEPMAC_TF_MODELS_DIR"),
+        REPO_ROOT.parent / "tf_od_api",
+    ]
     for cand in candidates:
         if not cand:
             continue
@@ -201,8 +209,9 @@ def _deepmac_meta_arch_namespace(models_dir: Path) -> dict[str, Any]:
         spec = importlib.util.spec_from_file_location("measure_tf_heads", script)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        args = type("Args", (), {"models_dir": str(models_dir), "deepmac_loader": "auto",
-                                 "quiet": True})()
+        args = type(
+            "Args", (), {"models_dir": str(models_dir), "deepmac_loader": "auto", "quiet": True}
+        )()
         namespace, _, _ = module.load_deepmac(args)
         return namespace
     from object_detection.meta_architectures import deepmac_meta_arch
@@ -302,8 +311,9 @@ def _nchw(array: Any) -> torch.Tensor:
 Manifest = dict[str, dict[str, Any]]
 
 
-def _convert(folder: Path, model: str, manifest: Manifest | None = None, key: str = "",
-             **options: Any):
+def _convert(
+    folder: Path, model: str, manifest: Manifest | None = None, key: str = "", **options: Any
+):
     """``convert_tf(folder, model)``; with ``manifest``, also records the source's variable
     shapes under ``key`` (see ``Manifest``)."""
     from deepmac.convert import ConvertOptions, convert_tf
@@ -312,8 +322,11 @@ def _convert(folder: Path, model: str, manifest: Manifest | None = None, key: st
     conversion = convert_tf(folder, model, ConvertOptions(**options))
     if manifest is not None:
         shapes = read_tf_weights(folder).shapes
-        manifest[key or model] = {"model": model, "options": options,
-                                  "shapes": {k: list(v) for k, v in sorted(shapes.items())}}
+        manifest[key or model] = {
+            "model": model,
+            "options": options,
+            "shapes": {k: list(v) for k, v in sorted(shapes.items())},
+        }
     return conversion
 
 
@@ -339,8 +352,9 @@ def check_deepmac_heads(
     for name in names:
         start = time.perf_counter()
         tf.random.set_seed(seed)
-        head = ns["MaskHeadNetwork"](name, num_init_channels=64, use_instance_embedding=True,
-                                     mask_size=32)
+        head = ns["MaskHeadNetwork"](
+            name, num_init_channels=64, use_instance_embedding=True, mask_size=32
+        )
         inst = tf.random.normal([batch, 32], seed=seed)
         pix = tf.random.normal([batch, 32, 32, 16], seed=seed + 1)
         yy, xx = tf.meshgrid(tf.linspace(-1.0, 1.0, 32), tf.linspace(-1.0, 1.0, 32), indexing="ij")
@@ -352,17 +366,26 @@ def check_deepmac_heads(
         _scale_residual_branches(head, seed)
         ref = head(inst, pix, training=False).numpy()  # (B, 32, 32)
         with tempfile.TemporaryDirectory() as tmp:
-            conversion = _convert(_save_checkpoint(Path(tmp), model=_holder(_mask_net=head)),
-                                  f"head:{name}", manifest)
+            conversion = _convert(
+                _save_checkpoint(Path(tmp), model=_holder(_mask_net=head)), f"head:{name}", manifest
+            )
         x = _nchw(features)
         with torch.no_grad():
             ours = conversion.model(x)[:, 0].numpy()
         spread = _float64_spread(conversion.model, x, ours)
-        rows.append(_row(f"Deep-MAC head {name}", ours, ref, HEAD_BOUND,
-                         f"{len(conversion.report.consumed)} variables; ours f32 vs f64 "
-                         f"{spread:.1e}"))
-        log(f"  {rows[-1].component}: {rows[-1].max_abs_diff:.2e} "
-            f"({time.perf_counter() - start:.1f} s)")
+        rows.append(
+            _row(
+                f"Deep-MAC head {name}",
+                ours,
+                ref,
+                HEAD_BOUND,
+                f"{len(conversion.report.consumed)} variables; ours f32 vs f64 {spread:.1e}",
+            )
+        )
+        log(
+            f"  {rows[-1].component}: {rows[-1].max_abs_diff:.2e} "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
     return rows
 
 
@@ -397,17 +420,30 @@ def check_deepmarc_heads(
         _scale_residual_branches(head, seed)
         ref = head([feats, classes], training=False).numpy()[0]  # (N, 2S, 2S)
         with tempfile.TemporaryDirectory() as tmp:
-            conversion = _convert(_save_checkpoint(Path(tmp), model=_holder(mask_head=head)),
-                                  "deepmarc", manifest, f"deepmarc_{variant}")
+            conversion = _convert(
+                _save_checkpoint(Path(tmp), model=_holder(mask_head=head)),
+                "deepmarc",
+                manifest,
+                f"deepmarc_{variant}",
+            )
         x = _nchw(feats[0])
         with torch.no_grad():
             ours = conversion.model(x)[:, 0].numpy()
         spread = _float64_spread(conversion.model, x, ours)
-        rows.append(_row(f"Deep-MARC head {variant}", ours, ref, HEAD_BOUND,
-                         f"{crop}->{2 * crop}, {len(conversion.report.consumed)} variables; "
-                         f"ours f32 vs f64 {spread:.1e}"))
-        log(f"  {rows[-1].component}: {rows[-1].max_abs_diff:.2e} "
-            f"({time.perf_counter() - start:.1f} s)")
+        rows.append(
+            _row(
+                f"Deep-MARC head {variant}",
+                ours,
+                ref,
+                HEAD_BOUND,
+                f"{crop}->{2 * crop}, {len(conversion.report.consumed)} variables; "
+                f"ours f32 vs f64 {spread:.1e}",
+            )
+        )
+        log(
+            f"  {rows[-1].component}: {rows[-1].max_abs_diff:.2e} "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
     return rows
 
 
@@ -439,19 +475,32 @@ def check_crop_and_resize(
     # (y1, x1, y2, x2) normalised; about half of them stick out of the map.
     boxes = np.concatenate([lo, lo + size], axis=-1).astype(np.float32)
     matmul = spatial_transform_ops.matmul_crop_and_resize(
-        tf.constant(image), tf.constant(boxes), [out_h, out_w]).numpy()  # (B, N, oh, ow, C)
-    native = tf.image.crop_and_resize(
-        image, boxes.reshape(-1, 4), np.repeat(np.arange(batch), num_boxes), [out_h, out_w]
-    ).numpy().reshape(batch, num_boxes, out_h, out_w, channels)
+        tf.constant(image), tf.constant(boxes), [out_h, out_w]
+    ).numpy()  # (B, N, oh, ow, C)
+    native = (
+        tf.image.crop_and_resize(
+            image, boxes.reshape(-1, 4), np.repeat(np.arange(batch), num_boxes), [out_h, out_w]
+        )
+        .numpy()
+        .reshape(batch, num_boxes, out_h, out_w, channels)
+    )
 
     # Ours takes xyxy boxes in the frame ``image_size``; a unit frame passes the normalised
     # values through unchanged (Deep-MAC's pixel boxes divide exactly: both sides are stride 4
     # multiples of the output map).
     xyxy = boxes[..., [1, 0, 3, 2]]
-    ours = crop_and_resize(
-        _nchw(image), torch.from_numpy(xyxy.reshape(-1, 4)), (out_h, out_w),
-        torch.arange(batch).repeat_interleave(num_boxes), image_size=(1.0, 1.0),
-    ).numpy().reshape(batch, num_boxes, channels, out_h, out_w).transpose(0, 1, 3, 4, 2)
+    ours = (
+        crop_and_resize(
+            _nchw(image),
+            torch.from_numpy(xyxy.reshape(-1, 4)),
+            (out_h, out_w),
+            torch.arange(batch).repeat_interleave(num_boxes),
+            image_size=(1.0, 1.0),
+        )
+        .numpy()
+        .reshape(batch, num_boxes, channels, out_h, out_w)
+        .transpose(0, 1, 3, 4, 2)
+    )
 
     # Samples within one pixel outside the map, where the two TF ops disagree by design.
     ys = boxes[..., 0:1] + (boxes[..., 2:3] - boxes[..., 0:1]) * np.linspace(0, 1, out_h)
@@ -465,19 +514,43 @@ def check_crop_and_resize(
     keep = np.broadcast_to(~fringe, native.shape)
     note = f"{num_boxes * batch} boxes, {int(outside.sum())} partly outside"
     return [
-        _row("crop_and_resize vs OD API matmul_crop_and_resize (the op Deep-MAC calls)", ours,
-             matmul, CROP_BOUND, note),
+        _row(
+            "crop_and_resize vs OD API matmul_crop_and_resize (the op Deep-MAC calls)",
+            ours,
+            matmul,
+            CROP_BOUND,
+            note,
+        ),
         # tf.image.crop_and_resize computes its sample positions with other float32 arithmetic;
         # the first row shows how far TF's two ops are from each other, as the scale of the next.
-        _row("tf.image.crop_and_resize vs matmul_crop_and_resize (TF against TF), boxes inside",
-             native[inside], matmul[inside], None, f"{int(inside.sum())} boxes"),
-        _row("crop_and_resize vs tf.image.crop_and_resize, boxes inside", ours[inside],
-             native[inside], None, f"{int(inside.sum())} boxes; same spread as TF vs TF"),
-        _row("crop_and_resize vs tf.image.crop_and_resize, all samples but the 1-px fringe",
-             ours[keep], native[keep], None, note),
-        _row("crop_and_resize vs tf.image.crop_and_resize, fringe samples (by design)",
-             ours[~keep], native[~keep], None,
-             "tf.image zeroes a sample outside [0, h-1]; Deep-MAC's matmul op does not"),
+        _row(
+            "tf.image.crop_and_resize vs matmul_crop_and_resize (TF against TF), boxes inside",
+            native[inside],
+            matmul[inside],
+            None,
+            f"{int(inside.sum())} boxes",
+        ),
+        _row(
+            "crop_and_resize vs tf.image.crop_and_resize, boxes inside",
+            ours[inside],
+            native[inside],
+            None,
+            f"{int(inside.sum())} boxes; same spread as TF vs TF",
+        ),
+        _row(
+            "crop_and_resize vs tf.image.crop_and_resize, all samples but the 1-px fringe",
+            ours[keep],
+            native[keep],
+            None,
+            note,
+        ),
+        _row(
+            "crop_and_resize vs tf.image.crop_and_resize, fringe samples (by design)",
+            ours[~keep],
+            native[~keep],
+            None,
+            "tf.image zeroes a sample outside [0, h-1]; Deep-MAC's matmul op does not",
+        ),
     ]
 
 
@@ -494,10 +567,15 @@ def check_conventions(*, seed: int = 0) -> list[ParityRow]:
     ours_bilinear = F.interpolate(_nchw(x), size=(32, 27), mode="bilinear", align_corners=False)
     to_nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
     return [
-        _row("UpSampling2D(2) vs F.interpolate(nearest)", to_nhwc(ours_nearest), nearest,
-             CROP_BOUND),
-        _row("tf.image.resize(bilinear) vs F.interpolate(bilinear, align_corners=False)",
-             to_nhwc(ours_bilinear), bilinear, CROP_BOUND),
+        _row(
+            "UpSampling2D(2) vs F.interpolate(nearest)", to_nhwc(ours_nearest), nearest, CROP_BOUND
+        ),
+        _row(
+            "tf.image.resize(bilinear) vs F.interpolate(bilinear, align_corners=False)",
+            to_nhwc(ours_bilinear),
+            bilinear,
+            CROP_BOUND,
+        ),
     ]
 
 
@@ -528,23 +606,42 @@ def build_tf_deepmac(
     from deepmac.convert.convert import OFFICIAL_BGR_MEAN, OFFICIAL_BGR_STD
 
     dm = ns
-    resizer = image_resizer_builder.build(text_format.Parse(
-        f"keep_aspect_ratio_resizer {{ min_dimension: {image_size} max_dimension: {image_size} "
-        f"pad_to_max_dimension: true }}", image_resizer_pb2.ImageResizer()))
-    extractor = hgfe.hourglass_104(channel_means=OFFICIAL_BGR_MEAN,
-                                   channel_stds=OFFICIAL_BGR_STD, bgr_ordering=True)
+    resizer = image_resizer_builder.build(
+        text_format.Parse(
+            f"keep_aspect_ratio_resizer {{ min_dimension: {image_size} max_dimension: {image_size} "
+            f"pad_to_max_dimension: true }}",
+            image_resizer_pb2.ImageResizer(),
+        )
+    )
+    extractor = hgfe.hourglass_104(
+        channel_means=OFFICIAL_BGR_MEAN, channel_stds=OFFICIAL_BGR_STD, bgr_ordering=True
+    )
     center = cn.ObjectCenterParams(
         classification_loss=losses.PenaltyReducedLogisticFocalLoss(alpha=2.0, beta=4.0),
-        object_center_loss_weight=1.0, max_box_predictions=100)
-    detection = cn.ObjectDetectionParams(localization_loss=losses.L1LocalizationLoss(),
-                                         scale_loss_weight=0.1, offset_loss_weight=1.0)
+        object_center_loss_weight=1.0,
+        max_box_predictions=100,
+    )
+    detection = cn.ObjectDetectionParams(
+        localization_loss=losses.L1LocalizationLoss(), scale_loss_weight=0.1, offset_loss_weight=1.0
+    )
     deepmac = dm["DeepMACParams"](
-        classification_loss=losses.WeightedSigmoidClassificationLoss(), dim=32,
-        task_loss_weight=5.0, pixel_embedding_dim=16, allowed_masked_classes_ids=[],
-        mask_size=32, mask_num_subsamples=-1, use_xy=True, network_type=mask_head,
-        use_instance_embedding=True, num_init_channels=64, predict_full_resolution_masks=False,
-        postprocess_crop_size=256, max_roi_jitter_ratio=0.0, roi_jitter_mode="default",
-        box_consistency_loss_weight=0.0)
+        classification_loss=losses.WeightedSigmoidClassificationLoss(),
+        dim=32,
+        task_loss_weight=5.0,
+        pixel_embedding_dim=16,
+        allowed_masked_classes_ids=[],
+        mask_size=32,
+        mask_num_subsamples=-1,
+        use_xy=True,
+        network_type=mask_head,
+        use_instance_embedding=True,
+        num_init_channels=64,
+        predict_full_resolution_masks=False,
+        postprocess_crop_size=256,
+        max_roi_jitter_ratio=0.0,
+        roi_jitter_mode="default",
+        box_consistency_loss_weight=0.0,
+    )
 
     class DeepMACMetaArch(dm["DeepMACMetaArch"]):
         """The official class; stack 1's embedding heads get 3x3 kernels (the heads are
@@ -558,9 +655,15 @@ def build_tf_deepmac(
 
     tf.random.set_seed(seed)
     model = DeepMACMetaArch(
-        is_training=False, add_summaries=False, num_classes=90, feature_extractor=extractor,
-        image_resizer_fn=resizer, object_center_params=center, object_detection_params=detection,
-        deepmac_params=deepmac)
+        is_training=False,
+        add_summaries=False,
+        num_classes=90,
+        feature_extractor=extractor,
+        image_resizer_fn=resizer,
+        object_center_params=center,
+        object_detection_params=detection,
+        deepmac_params=deepmac,
+    )
     pre, shapes = model.preprocess(tf.zeros([1, image_size, image_size, 3]))
     model.predict(pre, shapes)  # builds every variable but the mask net's
     model._mask_net(tf.zeros([1, 32]), tf.zeros([1, 32, 32, 18]), training=False)
@@ -619,12 +722,21 @@ def check_deepmac_model(
     _save_checkpoint(workdir / "checkpoint", model=model)
     conversion = _convert(workdir / "checkpoint", "deepmac", manifest, image_size=image_size)
     ours = conversion.model
-    log(f"  built, saved and converted the TF Deep-MAC ({time.perf_counter() - start:.0f} s): "
-        f"{len(conversion.report.consumed)} variables")
-    rows.append(ParityRow("Deep-MAC checkpoint conversion: every TF variable consumed, every "
-                          "PyTorch tensor filled", float(not conversion.report.ok), 0.0, 0.0,
-                          f"{len(conversion.report.consumed)} variables, "
-                          f"{len(conversion.report.skipped)} skipped (save counter)"))
+    log(
+        f"  built, saved and converted the TF Deep-MAC ({time.perf_counter() - start:.0f} s): "
+        f"{len(conversion.report.consumed)} variables"
+    )
+    rows.append(
+        ParityRow(
+            "Deep-MAC checkpoint conversion: every TF variable consumed, every "
+            "PyTorch tensor filled",
+            float(not conversion.report.ok),
+            0.0,
+            0.0,
+            f"{len(conversion.report.consumed)} variables, "
+            f"{len(conversion.report.skipped)} skipped (save counter)",
+        )
+    )
 
     # 1. Backbone on a random input that is already normalised (BGR for TF, RGB for ours).
     x = rng.normal(size=(1, backbone_size, backbone_size, 3)).astype(np.float32)
@@ -632,23 +744,41 @@ def check_deepmac_model(
     with torch.no_grad():
         feats = ours.backbone(_nchw(x[..., ::-1]))
     for s in range(2):
-        rows.append(_row(f"HG-104 backbone, stack {s + 1} output", feats[s].permute(0, 2, 3, 1),
-                         ref[s].numpy(), HEAD_BOUND, f"{backbone_size}x{backbone_size} input"))
+        rows.append(
+            _row(
+                f"HG-104 backbone, stack {s + 1} output",
+                feats[s].permute(0, 2, 3, 1),
+                ref[s].numpy(),
+                HEAD_BOUND,
+                f"{backbone_size}x{backbone_size} input",
+            )
+        )
     log(f"  backbone: {max(r.max_abs_diff for r in rows[-2:]):.2e}")
 
     # 2. CenterNet prediction heads on a random feature map.
     f = rng.normal(size=(1, 64, 64, 256)).astype(np.float32)
-    ours_heads = {"object_center": ours.heatmap_heads, "box/scale": ours.size_heads,
-                  "box/offset": ours.offset_heads, ns["INSTANCE_EMBEDDING"]: ours.instance_heads,
-                  ns["PIXEL_EMBEDDING"]: ours.pixel_heads}
+    ours_heads = {
+        "object_center": ours.heatmap_heads,
+        "box/scale": ours.size_heads,
+        "box/offset": ours.offset_heads,
+        ns["INSTANCE_EMBEDDING"]: ours.instance_heads,
+        ns["PIXEL_EMBEDDING"]: ours.pixel_heads,
+    }
     for key, torch_heads in ours_heads.items():
         for s in range(2):
             ref = model._prediction_head_dict[key][s](tf.constant(f)).numpy()
             with torch.no_grad():
                 out = torch_heads[s](_nchw(f)).permute(0, 2, 3, 1)
             kernel = model._prediction_head_dict[key][s].layers[0].kernel.shape[:2]
-            rows.append(_row(f"CenterNet head {key}, stack {s + 1}", out, ref, HEAD_BOUND,
-                             f"{kernel[0]}x{kernel[1]} hidden conv"))
+            rows.append(
+                _row(
+                    f"CenterNet head {key}, stack {s + 1}",
+                    out,
+                    ref,
+                    HEAD_BOUND,
+                    f"{kernel[0]}x{kernel[1]} hidden conv",
+                )
+            )
 
     # 3. The whole stack on the image, in the official order.
     start = time.perf_counter()
@@ -664,8 +794,9 @@ def check_deepmac_model(
     return rows
 
 
-def _check_predictor(conversion, workdir: Path, image: np.ndarray,
-                     detections: dict[str, np.ndarray]) -> list[ParityRow]:
+def _check_predictor(
+    conversion, workdir: Path, image: np.ndarray, detections: dict[str, np.ndarray]
+) -> list[ParityRow]:
     """The user path: ``save_conversion`` -> ``.pt`` -> ``DeepMACPredictor.from_checkpoint``
     (what ``deepmac predict`` loads; mask-head BNs fused) -> ``predict(image)``, against the
     official ``postprocess`` (``detections``: TF top-100 ``scores``, ``boxes`` as xyxy input
@@ -679,13 +810,26 @@ def _check_predictor(conversion, workdir: Path, image: np.ndarray,
     predictor = DeepMACPredictor.from_checkpoint(path)
     inst = predictor.predict(image)
     same_ids = inst.category_ids.numpy().tolist() == (detections["classes"] + 1).tolist()
-    note = ("same top-100 order; category id = TF class + 1" if same_ids
-            else "top-100 order or category ids differ")
+    note = (
+        "same top-100 order; category id = TF class + 1"
+        if same_ids
+        else "top-100 order or category ids differ"
+    )
     return [
-        _row("saved .pt -> DeepMACPredictor (deepmac predict): top-100 scores", inst.scores,
-             detections["scores"], STACK_BOUND, note),
-        _row("saved .pt -> DeepMACPredictor (deepmac predict): top-100 boxes (pixels)",
-             inst.boxes, detections["boxes"], 4 * STACK_BOUND, "mask-head BNs fused"),
+        _row(
+            "saved .pt -> DeepMACPredictor (deepmac predict): top-100 scores",
+            inst.scores,
+            detections["scores"],
+            STACK_BOUND,
+            note,
+        ),
+        _row(
+            "saved .pt -> DeepMACPredictor (deepmac predict): top-100 boxes (pixels)",
+            inst.boxes,
+            detections["boxes"],
+            4 * STACK_BOUND,
+            "mask-head BNs fused",
+        ),
     ]
 
 
@@ -697,25 +841,43 @@ def _check_stack(model, ours, ns, image, boxes, size) -> tuple[list[ParityRow], 
     pre, shapes = model.preprocess(tf.constant(image[None].astype(np.float32)))
     pred = model.predict(pre, shapes)
     rgb = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
-    rows = [_row("preprocess: BGR, official means/stds (TF) vs our RGB normalize",
-                 ours.normalize(rgb)[:, [2, 1, 0]].permute(0, 2, 3, 1), pre.numpy(), HEAD_BOUND,
-                 f"{size}x{size} image")]
+    rows = [
+        _row(
+            "preprocess: BGR, official means/stds (TF) vs our RGB normalize",
+            ours.normalize(rgb)[:, [2, 1, 0]].permute(0, 2, 3, 1),
+            pre.numpy(),
+            HEAD_BOUND,
+            f"{size}x{size} image",
+        )
+    ]
     with torch.no_grad():
         feats = ours.backbone(ours.normalize(rgb))
         maps = {
-            "object_center": [h(x) for h, x in zip(ours.heatmap_heads, feats)],
-            "box/scale": [h(x) for h, x in zip(ours.size_heads, feats)],
-            "box/offset": [h(x) for h, x in zip(ours.offset_heads, feats)],
-            ns["INSTANCE_EMBEDDING"]: [h(x) for h, x in zip(ours.instance_heads, feats)],
-            ns["PIXEL_EMBEDDING"]: [h(x) for h, x in zip(ours.pixel_heads, feats)],
+            "object_center": [h(x) for h, x in zip(ours.heatmap_heads, feats, strict=True)],
+            "box/scale": [h(x) for h, x in zip(ours.size_heads, feats, strict=True)],
+            "box/offset": [h(x) for h, x in zip(ours.offset_heads, feats, strict=True)],
+            ns["INSTANCE_EMBEDDING"]: [
+                h(x) for h, x in zip(ours.instance_heads, feats, strict=True)
+            ],
+            ns["PIXEL_EMBEDDING"]: [h(x) for h, x in zip(ours.pixel_heads, feats, strict=True)],
         }
-    names = {"object_center": "heatmap logits", "box/scale": "box size", "box/offset":
-             "box offset", ns["INSTANCE_EMBEDDING"]: "instance embedding",
-             ns["PIXEL_EMBEDDING"]: "pixel embedding"}
+    names = {
+        "object_center": "heatmap logits",
+        "box/scale": "box size",
+        "box/offset": "box offset",
+        ns["INSTANCE_EMBEDDING"]: "instance embedding",
+        ns["PIXEL_EMBEDDING"]: "pixel embedding",
+    }
     for key, label in names.items():
         for s in range(2):
-            rows.append(_row(f"whole stack: {label}, stack {s + 1}",
-                             maps[key][s].permute(0, 2, 3, 1), pred[key][s].numpy(), STACK_BOUND))
+            rows.append(
+                _row(
+                    f"whole stack: {label}, stack {s + 1}",
+                    maps[key][s].permute(0, 2, 3, 1),
+                    pred[key][s].numpy(),
+                    STACK_BOUND,
+                )
+            )
 
     # Mask logits at the given boxes, exactly as _postprocess_sample composes them.
     norm = boxes[:, [1, 0, 3, 2]] / np.float32(size)  # (N, 4) normalised yxyx
@@ -725,11 +887,22 @@ def _check_stack(model, ours, ns, image, boxes, size) -> tuple[list[ParityRow], 
     inst = model._get_instance_embeddings(tf.constant(norm), instance)
     ref_logits = model._mask_net(inst, mask_input, training=False).numpy()  # (N, 32, 32)
     with torch.no_grad():
-        logits = ours.mask_branch(maps[ns["PIXEL_EMBEDDING"]][-1],
-                                  maps[ns["INSTANCE_EMBEDDING"]][-1], torch.from_numpy(boxes),
-                                  None, (size, size))[:, 0]
-    rows.append(_row("whole stack: mask logits at the image's boxes", logits, ref_logits,
-                     STACK_BOUND, f"{len(boxes)} boxes, mask head {ours.mask_branch.head_name}"))
+        logits = ours.mask_branch(
+            maps[ns["PIXEL_EMBEDDING"]][-1],
+            maps[ns["INSTANCE_EMBEDDING"]][-1],
+            torch.from_numpy(boxes),
+            None,
+            (size, size),
+        )[:, 0]
+    rows.append(
+        _row(
+            "whole stack: mask logits at the image's boxes",
+            logits,
+            ref_logits,
+            STACK_BOUND,
+            f"{len(boxes)} boxes, mask head {ours.mask_branch.head_name}",
+        )
+    )
 
     # Detections and their masks: official postprocess vs our eval forward (square input, no
     # padding, so the two clipping conventions coincide).
@@ -743,15 +916,32 @@ def _check_stack(model, ours, ns, image, boxes, size) -> tuple[list[ParityRow], 
     same = bool((d.labels.numpy() == tf_classes).all())
     note = "same top-100 order and classes" if same else "top-100 order differs"
     rows += [
-        _row("whole stack: top-100 detection scores", d.scores, det["detection_scores"][0].numpy(),
-             STACK_BOUND, note),
-        _row("whole stack: top-100 detection boxes (input pixels)", d.boxes, tf_boxes,
-             4 * STACK_BOUND, "stride 4: 1e-3 output-map pixels"),
-        _row("whole stack: detection masks (sigmoid) of the top-100", out.mask_logits[-1][:, 0]
-             .sigmoid(), det["detection_masks"][0].numpy(), STACK_BOUND),
+        _row(
+            "whole stack: top-100 detection scores",
+            d.scores,
+            det["detection_scores"][0].numpy(),
+            STACK_BOUND,
+            note,
+        ),
+        _row(
+            "whole stack: top-100 detection boxes (input pixels)",
+            d.boxes,
+            tf_boxes,
+            4 * STACK_BOUND,
+            "stride 4: 1e-3 output-map pixels",
+        ),
+        _row(
+            "whole stack: detection masks (sigmoid) of the top-100",
+            out.mask_logits[-1][:, 0].sigmoid(),
+            det["detection_masks"][0].numpy(),
+            STACK_BOUND,
+        ),
     ]
-    detections = {"scores": det["detection_scores"][0].numpy(), "boxes": tf_boxes,
-                  "classes": tf_classes.astype(np.int64)}
+    detections = {
+        "scores": det["detection_scores"][0].numpy(),
+        "boxes": tf_boxes,
+        "classes": tf_classes.astype(np.int64),
+    }
     return rows, detections
 
 
@@ -776,6 +966,10 @@ def _check_saved_model(model, conversion, workdir: Path, size: int) -> ParityRow
     a, b = conversion.model.state_dict(), from_saved.model.state_dict()
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     same_keys = set(a) == set(b) and conversion.report.consumed.keys() != set()
-    return ParityRow("SavedModel conversion vs checkpoint conversion (every tensor)",
-                     diff if same_keys else float("inf"), 0.0, 0.0,
-                     f"{len(from_saved.report.consumed)} variables named through the object graph")
+    return ParityRow(
+        "SavedModel conversion vs checkpoint conversion (every tensor)",
+        diff if same_keys else float("inf"),
+        0.0,
+        0.0,
+        f"{len(from_saved.report.consumed)} variables named through the object graph",
+    )

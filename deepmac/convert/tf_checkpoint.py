@@ -1,8 +1,8 @@
 """Read TensorFlow 2 weights (object-based checkpoints and SavedModels) as named numpy arrays.
 
-TensorFlow is optional (``pip install tensorflow-cpu``, or ``tensorflow``), imported only when a file is
-read; everything else in ``deepmac.convert`` works on the ``WeightSource`` interface below, so it
-is testable without TensorFlow.
+TensorFlow is optional (``pip install tensorflow-cpu``, or ``tensorflow``), imported only when a
+file is read; everything else in ``deepmac.convert`` works on the ``WeightSource`` interface
+below, so it is testable without TensorFlow.
 
 Names. A TF2 checkpoint stores each variable under the object-graph path of the attribute that
 first reached it, e.g. ``model/_feature_extractor/_network/downsample_input/conv_block/conv/
@@ -267,7 +267,9 @@ def read_tf_weights(src: str | Path) -> TFWeights:
             continue
         name = canonical.get(key, head)
         if name in keys:
-            raise ValueError(f"two variables of {src} map to the name {name!r}: {keys[name]}, {key}")
+            raise ValueError(
+                f"two variables of {src} map to the name {name!r}: {keys[name]}, {key}"
+            )
         shapes[name] = tuple(int(d) for d in shape)
         keys[name] = key
     return TFWeights(str(src), kind, prefix, shapes, keys, non_variables, reader)

@@ -334,8 +334,7 @@ def train(
                             else "none saved"
                         )
                         raise RuntimeError(
-                            f"non-finite loss at step {step + 1}: {micro_named}; stopping "
-                            f"({saved})"
+                            f"non-finite loss at step {step + 1}: {micro_named}; stopping ({saved})"
                         )
                     # The mean over micro-batches, so the step's gradient is that of one batch
                     # accumulate_steps times larger.

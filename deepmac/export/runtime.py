@@ -21,7 +21,7 @@ from PIL import Image
 from deepmac.data.transforms import ResizePad
 from deepmac.instance_predictor import Instances
 from deepmac.predictor import check_prompt_boxes, image_to_tensor
-from deepmac.structures.masks import paste_masks_in_image
+from deepmac.structures.masks import paste_masks_in_image, paste_roi_masks
 
 
 class OnnxModel:
@@ -110,7 +110,5 @@ class OnnxModel:
     def _paste(self):
         """The model family's paste convention: Deep-MARC's masks are RoIAligned crops."""
         if self.model_type == "deepmarc":
-            from deepmac.models.deepmarc.mask_head import paste_roi_masks
-
             return paste_roi_masks
         return paste_masks_in_image

@@ -1,8 +1,9 @@
 """Mask targets cropped at boxes, and box-relative mask probabilities pasted back into images.
 
-Both follow the TF ``crop_and_resize`` convention of Deep-MAC (see ``deepmac.ops.crop_and_resize``):
-``paste_masks_in_image`` is the exact inverse mapping of the crop, as the official
-``reframe_box_masks_to_image_masks`` is.
+``crop_mask_targets`` and ``paste_masks_in_image`` follow the TF ``crop_and_resize``
+convention of Deep-MAC (see ``deepmac.ops.crop_and_resize``): the paste is the exact inverse
+mapping of the crop, as the official ``reframe_box_masks_to_image_masks`` is.
+``paste_roi_masks`` is Deep-MARC's: the RoIAlign (half-pixel) convention of its crops.
 """
 
 from __future__ import annotations
@@ -96,6 +97,27 @@ def paste_masks_in_image(
     Returns:
         ``(N, H, W)`` bool masks (float32 probabilities when ``threshold is None``).
     """
+    return _paste(mask_probs, boxes, image_size, threshold, _tf_axis_weights, strict=True)
+
+
+def _tf_axis_weights(lo: Tensor, hi: Tensor, length: int, cells: int) -> Tensor:
+    """``_paste_weights`` for box edges in pixels of an axis of ``length`` pixels."""
+    return _paste_weights(lo / length, hi / length, length, cells)
+
+
+def _paste(
+    mask_probs: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    threshold: float | None,
+    axis_weights,
+    *,
+    strict: bool,
+) -> Tensor:
+    """Shared body of the two paste conventions: ``rows @ probs @ cols^T`` per mask, where
+    ``axis_weights(lo, hi, length, cells)`` gives the ``(n, length, cells)`` bilinear weights of
+    one axis from box edges ``(n,)`` in pixels. Chunked so that at most about 32M floats of
+    pasted masks exist at once. ``strict``: ``> threshold`` instead of ``>= threshold``."""
     if mask_probs.dim() == 4:
         if mask_probs.shape[1] != 1:
             raise ValueError(f"mask_probs must be (N, 1, S, S), got {tuple(mask_probs.shape)}")
@@ -115,12 +137,52 @@ def paste_masks_in_image(
     chunk = max(1, _MAX_FLOATS_PER_CHUNK // max(1, height * width))
     for start in range(0, num, chunk):
         part = slice(start, start + chunk)
-        rows = _paste_weights(
-            boxes[part, 1] / height, boxes[part, 3] / height, height, mask_probs.shape[1]
-        )
-        cols = _paste_weights(
-            boxes[part, 0] / width, boxes[part, 2] / width, width, mask_probs.shape[2]
-        )
+        rows = axis_weights(boxes[part, 1], boxes[part, 3], height, mask_probs.shape[1])
+        cols = axis_weights(boxes[part, 0], boxes[part, 2], width, mask_probs.shape[2])
         pasted = rows @ mask_probs[part].float() @ cols.transpose(1, 2)  # (n, H, W)
-        out[part] = pasted > threshold if threshold is not None else pasted
+        if threshold is None:
+            out[part] = pasted
+        else:
+            out[part] = pasted > threshold if strict else pasted >= threshold
     return out
+
+
+def paste_roi_masks(
+    mask_probs: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    threshold: float | None = 0.5,
+) -> Tensor:
+    """Paste box-relative mask probabilities (RoIAlign convention) into the image.
+
+    Args:
+        mask_probs: ``(N, S, S)`` or ``(N, 1, S, S)`` probabilities.
+        boxes: ``(N, 4)`` xyxy boxes in pixels of the target image.
+        image_size: ``(H, W)``.
+        threshold: ``>= threshold`` gives bool masks; ``None`` returns the soft probabilities.
+
+    Returns:
+        ``(N, H, W)`` bool masks (float32 when ``threshold is None``).
+    """
+    return _paste(mask_probs, boxes, image_size, threshold, _roi_axis_weights, strict=False)
+
+
+def _roi_axis_weights(lo: Tensor, hi: Tensor, length: int, cells: int) -> Tensor:
+    """Bilinear weights ``(N, length, cells)`` from mask cells to image pixels along one axis.
+
+    Pixel ``p`` (centre ``p + 0.5``) reads the mask at cell coordinate
+    ``u = (p + 0.5 - lo) / (hi - lo) * cells - 0.5`` (cell ``i`` centred at ``u = i``); taps
+    outside ``[0, cells - 1]`` read zero, exactly as ``grid_sample(align_corners=False,
+    padding_mode="zeros")``.
+    """
+    centres = torch.arange(length, dtype=torch.float32, device=lo.device) + 0.5
+    extent = (hi - lo).clamp(min=1e-6)
+    u = (centres[None, :] - lo[:, None]) / extent[:, None] * cells - 0.5  # (N, length)
+    low = u.floor()
+    frac = u - low
+    low = low.long()
+    weights = torch.zeros(lo.shape[0], length, cells + 2, device=lo.device)
+    # Shift by one so that the taps -1 and ``cells`` land in two spill columns, then drop them.
+    weights.scatter_add_(2, (low + 1).clamp(0, cells + 1)[:, :, None], (1 - frac)[:, :, None])
+    weights.scatter_add_(2, (low + 2).clamp(0, cells + 1)[:, :, None], frac[:, :, None])
+    return weights[:, :, 1:-1]

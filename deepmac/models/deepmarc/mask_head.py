@@ -26,11 +26,9 @@ from deepmac.mask_heads import MASK_HEADS, build_mask_head
 from deepmac.models.deepmarc.pooler import pool_levels
 from deepmac.ops import roi_align
 from deepmac.structures.boxes import check_boxes
+from deepmac.structures.masks import paste_roi_masks
 
 __all__ = ["RoIMaskBranch", "paste_roi_masks", "roi_mask_targets"]
-
-#: Upper bound on floats materialised at once when pasting (about 128 MB in float32).
-_MAX_FLOATS_PER_CHUNK = 32 * 1024 * 1024
 
 
 class RoIMaskBranch(nn.Module):
@@ -109,68 +107,3 @@ def roi_mask_targets(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor, size: in
     masks = gt_masks[:, None].float()  # (G, 1, H, W)
     crops = roi_align(masks, boxes.float(), size, gt_index, 1.0, sampling_ratio=0, aligned=True)
     return crops[:, 0].clamp(0.0, 1.0)
-
-
-def _paste_weights(lo: Tensor, hi: Tensor, length: int, cells: int) -> Tensor:
-    """Bilinear weights ``(N, length, cells)`` from mask cells to image pixels along one axis.
-
-    Pixel ``p`` (centre ``p + 0.5``) reads the mask at cell coordinate
-    ``u = (p + 0.5 - lo) / (hi - lo) * cells - 0.5`` (cell ``i`` centred at ``u = i``); taps
-    outside ``[0, cells - 1]`` read zero, exactly as ``grid_sample(align_corners=False,
-    padding_mode="zeros")``.
-    """
-    centres = torch.arange(length, dtype=torch.float32, device=lo.device) + 0.5
-    extent = (hi - lo).clamp(min=1e-6)
-    u = (centres[None, :] - lo[:, None]) / extent[:, None] * cells - 0.5  # (N, length)
-    low = u.floor()
-    frac = u - low
-    low = low.long()
-    weights = torch.zeros(lo.shape[0], length, cells + 2, device=lo.device)
-    # Shift by one so that the taps -1 and ``cells`` land in two spill columns, then drop them.
-    weights.scatter_add_(2, (low + 1).clamp(0, cells + 1)[:, :, None], (1 - frac)[:, :, None])
-    weights.scatter_add_(2, (low + 2).clamp(0, cells + 1)[:, :, None], frac[:, :, None])
-    return weights[:, :, 1:-1]
-
-
-def paste_roi_masks(
-    mask_probs: Tensor,
-    boxes: Tensor,
-    image_size: tuple[int, int],
-    threshold: float | None = 0.5,
-) -> Tensor:
-    """Paste box-relative mask probabilities (RoIAlign convention) into the image.
-
-    Args:
-        mask_probs: ``(N, S, S)`` or ``(N, 1, S, S)`` probabilities.
-        boxes: ``(N, 4)`` xyxy boxes in pixels of the target image.
-        image_size: ``(H, W)``.
-        threshold: ``>= threshold`` gives bool masks; ``None`` returns the soft probabilities.
-
-    Returns:
-        ``(N, H, W)`` bool masks (float32 when ``threshold is None``).
-    """
-    if mask_probs.dim() == 4:
-        if mask_probs.shape[1] != 1:
-            raise ValueError(f"mask_probs must be (N, 1, S, S), got {tuple(mask_probs.shape)}")
-        mask_probs = mask_probs[:, 0]
-    if mask_probs.dim() != 3:
-        raise ValueError(f"mask_probs must be (N, S, S), got {tuple(mask_probs.shape)}")
-    check_boxes(boxes)
-    if mask_probs.shape[0] != boxes.shape[0]:
-        raise ValueError(
-            f"mask_probs and boxes must hold the same N, got {mask_probs.shape[0]} and "
-            f"{boxes.shape[0]}"
-        )
-    height, width = (int(v) for v in image_size)
-    num = boxes.shape[0]
-    dtype = torch.bool if threshold is not None else torch.float32
-    out = torch.zeros(num, height, width, dtype=dtype, device=mask_probs.device)
-    boxes = boxes.float()
-    chunk = max(1, _MAX_FLOATS_PER_CHUNK // max(1, height * width))
-    for start in range(0, num, chunk):
-        part = slice(start, start + chunk)
-        rows = _paste_weights(boxes[part, 1], boxes[part, 3], height, mask_probs.shape[1])
-        cols = _paste_weights(boxes[part, 0], boxes[part, 2], width, mask_probs.shape[2])
-        pasted = rows @ mask_probs[part].float() @ cols.transpose(1, 2)  # (n, H, W)
-        out[part] = pasted >= threshold if threshold is not None else pasted
-    return out
