@@ -27,3 +27,24 @@ def coco_tiny_root() -> Path:
 def coco_mini_root() -> Path:
     """``../shared/data/coco_mini`` (skips when absent)."""
     return _coco_root("coco_mini")
+
+
+@pytest.fixture
+def train_steps():
+    """``run(model, step, batch, steps=8, lr=1e-3) -> (last losses, totals)``: Adam steps of a
+    training ``step`` (``deepmac.steps``) on one fixed batch, the sum of losses after each."""
+    import torch
+
+    def run(model, step, batch, steps: int = 8, lr: float = 1e-3):
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        totals = []
+        for _ in range(steps):
+            losses = step(model, None, batch)
+            total = sum(losses.values())
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            totals.append(total.item())
+        return losses, totals
+
+    return run

@@ -75,20 +75,11 @@ def test_mask_branch_gets_gt_boxes_in_training_and_detections_in_eval():
         model.train()(batch.tensor)
 
 
-def test_training_steps_lower_the_loss_on_coco_tiny(coco_tiny_root):
+def test_training_steps_lower_the_loss_on_coco_tiny(coco_tiny_root, train_steps):
     torch.manual_seed(0)
     model = tiny_model().train()
     batch, targets = tiny_batch(coco_tiny_root, count=2, size=128)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    step = step_fn()
-    totals = []
-    for _ in range(8):
-        losses = step(model, None, (batch, targets))
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        totals.append(total.item())
+    losses, totals = train_steps(model, step_fn(), (batch, targets))
     assert set(losses) == {"loss_center", "loss_size", "loss_offset", "loss_mask"}
     assert totals[-1] < 0.7 * totals[0], totals
 
