@@ -48,3 +48,23 @@ def train_steps():
         return losses, totals
 
     return run
+
+
+@pytest.fixture
+def without_annotations():
+    """``strip(targets) -> targets``: the same images' target dicts with no instances left."""
+    import torch
+
+    def strip(targets):
+        return [
+            {
+                **t,
+                "boxes": torch.zeros(0, 4),
+                "labels": torch.zeros(0, dtype=torch.long),
+                "gt_masks": torch.zeros(0, *t["gt_masks"].shape[1:], dtype=torch.bool),
+                "has_mask": torch.zeros(0, dtype=torch.bool),
+            }
+            for t in targets
+        ]
+
+    return strip

@@ -331,19 +331,10 @@ def test_mask_loss_only_counts_instances_with_masks(mode):
     assert mask_loss(with_masks(fill_supervised=True)) != reference
 
 
-def test_losses_are_finite_on_images_without_annotations():
+def test_losses_are_finite_on_images_without_annotations(without_annotations):
     torch.manual_seed(0)
     batch, targets = tiny_batch(demo_data_root(), size=64)
-    empty = [
-        {
-            **t,
-            "boxes": torch.zeros(0, 4),
-            "labels": torch.zeros(0, dtype=torch.long),
-            "gt_masks": torch.zeros(0, *t["gt_masks"].shape[1:], dtype=torch.bool),
-            "has_mask": torch.zeros(0, dtype=torch.bool),
-        }
-        for t in targets
-    ]
+    empty = without_annotations(targets)
     for mode in ("gt", "proposals+gt"):
         model = build_model(tiny_config(mode)).train()
         losses = step_fn()(model, None, (batch, empty))

@@ -88,8 +88,8 @@ class DeepMARCOnnx(nn.Module):
     """Image in; Deep-MARC's detections with per-box mask probabilities out, their number ``K``
     (at most ``max_detections``) decided inside the graph by the score threshold and NMS.
 
-    The mask head runs on a fixed ``max_detections`` boxes (the detections, padded by repeating
-    the first box or a dummy box when there are none) and its output is cut to ``K`` afterwards:
+    The mask head runs on a fixed ``max_detections`` boxes (the detections, padded with a dummy
+    box) and its output is cut to ``K`` afterwards:
     convolutions over a batch whose size is only known at run time do not trace, and Mask
     R-CNN's low score threshold leaves close to ``max_detections`` boxes on real images anyway.
     """

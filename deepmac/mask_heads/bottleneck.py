@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepmac.mask_heads.layers import MaskHead, glorot_uniform_, keras_batch_norm, relu_
+from deepmac.mask_heads.layers import MaskHead, glorot_uniform_, keras_batch_norm
 from deepmac.mask_heads.resnet import RESNET_BN_EPS, RESNET_BN_KERAS_MOMENTUM, RESNET_HEAD_STAGES
 
 __all__ = ["BOTTLENECK_HEADS", "BottleneckMaskHead", "KerasBottleneckBlock"]
@@ -75,10 +76,10 @@ class KerasBottleneckBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_in, H, W) -> (N, 4 * width, H, W)``."""
-        pre = relu_(self.preact_bn(x))
+        pre = F.relu(self.preact_bn(x), inplace=True)
         shortcut = x if self.shortcut is None else self.shortcut(pre)
-        r = relu_(self.bn1(self.conv1(pre)))
-        r = relu_(self.bn2(self.conv2(r)))
+        r = F.relu(self.bn1(self.conv1(pre)), inplace=True)
+        r = F.relu(self.bn2(self.conv2(r)), inplace=True)
         return shortcut + self.conv3(r)
 
 

@@ -16,15 +16,11 @@ synced (``use_sync_bn`` is not forwarded). Masks come out ``upsample_factor`` x 
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepmac.mask_heads.hourglass import build_hourglass
-from deepmac.mask_heads.layers import (
-    MaskHead,
-    keras_batch_norm,
-    relu_,
-    variance_scaling_fan_out_,
-)
+from deepmac.mask_heads.layers import MaskHead, keras_batch_norm, variance_scaling_fan_out_
 
 __all__ = ["DEEPMARC_VARIANTS", "DeepMaskHead", "MarcConvBlock", "default_mask_convs"]
 
@@ -51,7 +47,7 @@ class MarcConvBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_in, S, S) -> (N, C_out, S, S)``."""
-        return relu_(self.norm(self.conv(x)))
+        return F.relu(self.norm(self.conv(x)), inplace=True)
 
 
 def default_mask_convs(
@@ -124,5 +120,5 @@ class DeepMaskHead(MaskHead):
         """``(N, C_in, S, S) -> (N, 1, f S, f S)`` mask logits."""
         self.check_input(features)
         x = self.convnet(features)
-        x = relu_(self.deconv_bn(self.deconv(x)))
+        x = F.relu(self.deconv_bn(self.deconv(x)), inplace=True)
         return self.mask_regressor(x)

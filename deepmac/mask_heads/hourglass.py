@@ -20,7 +20,6 @@ from deepmac.mask_heads.layers import (
     MaskHead,
     glorot_uniform_,
     keras_batch_norm,
-    relu_,
 )
 
 __all__ = [
@@ -80,7 +79,7 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_in, H, W) -> (N, C_out, H / stride, W / stride)``."""
         x = self.norm(self.conv(x))
-        return relu_(x) if self.relu else x
+        return F.relu(x, inplace=True) if self.relu else x
 
 
 class ResidualBlock(nn.Module):
@@ -115,7 +114,7 @@ class ResidualBlock(nn.Module):
         """``(N, C_in, H, W) -> (N, C_out, H / stride, W / stride)``."""
         net = self.norm(self.conv(self.conv_block(x)))
         skip = x if self.skip is None else self.skip(x)
-        return relu_(net + skip)
+        return F.relu(net + skip, inplace=True)
 
 
 def residual_stack(

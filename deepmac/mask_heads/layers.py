@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -31,13 +29,6 @@ __all__ = [
 # hourglass_network.batchnorm(): SyncBatchNormalization(epsilon=1e-5, momentum=0.1), Keras momentum.
 HG_BN_EPS = 1e-5
 HG_BN_KERAS_MOMENTUM = 0.1
-
-
-def relu_(x: Tensor) -> Tensor:
-    """ReLU, in place in eager code (one activation copy less per layer). Out of place while a
-    graph is traced for export: there the number of boxes can be data dependent (Deep-MARC's
-    detections), and an in-place op on such a tensor cannot be traced."""
-    return F.relu(x, inplace=not torch.compiler.is_compiling())
 
 
 def keras_batch_norm(channels: int, *, keras_momentum: float, eps: float) -> nn.BatchNorm2d:

@@ -8,9 +8,10 @@ already has one channel, so Deep-MAC skips ``project_out`` (§2.3). The official
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepmac.mask_heads.layers import MaskHead, glorot_uniform_, relu_
+from deepmac.mask_heads.layers import MaskHead, glorot_uniform_
 
 __all__ = ["FullyConnectedMaskHead"]
 
@@ -53,5 +54,5 @@ class FullyConnectedMaskHead(MaskHead):
         x = self.input_layer(features)
         # TF flattens NHWC, so fc1's rows are in (y, x, c) order; keep it for weight parity.
         x = x.permute(0, 2, 3, 1).flatten(1)  # (N, S * S * nc)
-        x = self.fc2(relu_(self.fc1(x)))
+        x = self.fc2(F.relu(self.fc1(x), inplace=True))
         return x.view(num, 1, size, size)  # (N, 1, S, S)

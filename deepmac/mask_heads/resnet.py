@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepmac.mask_heads.layers import MaskHead, glorot_uniform_, keras_batch_norm, relu_
+from deepmac.mask_heads.layers import MaskHead, glorot_uniform_, keras_batch_norm
 
 __all__ = ["RESNET_HEAD_STAGES", "KerasBasicBlock", "ResNetMaskHead", "dilated_conv_indices"]
 
@@ -85,10 +86,10 @@ class KerasBasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_in, H, W) -> (N, filters, H, W)``."""
-        pre = relu_(self.preact_bn(x))
+        pre = F.relu(self.preact_bn(x), inplace=True)
         shortcut = x if self.shortcut is None else self.shortcut(pre)
-        r = relu_(self.bn1(self.conv1(pre)))
-        r = relu_(self.bn2(self.conv2(r)))
+        r = F.relu(self.bn1(self.conv1(pre)), inplace=True)
+        r = F.relu(self.bn2(self.conv2(r)), inplace=True)
         return shortcut + r
 
 

@@ -262,8 +262,7 @@ class DeepMARC(nn.Module):
         detections = self.roi_heads.inference(features, proposals, image_sizes)
         boxes, index = flatten_boxes([d.boxes for d in detections])
         size = self.mask_branch.output_size
-        # (A traced graph always runs the branch: the eval-mode head takes 0 boxes too.)
-        if torch.compiler.is_compiling() or len(boxes):
+        if len(boxes):
             logits = self.mask_branch(features, boxes, index)
         else:
             logits = features[0].new_zeros(0, 1, size, size)
