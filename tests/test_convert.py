@@ -453,15 +453,18 @@ def test_tf_cli_converts_a_checkpoint(official_tf, tmp_path, capsys):
     loads with ``load_mask_head`` and reproduces the TF logits."""
     import tensorflow as tf
 
-    ns = official_tf._deepmac_meta_arch_namespace(official_tf.find_models_dir())
+    from deepmac.convert.parity.environment import deepmac_meta_arch_namespace
+    from deepmac.convert.parity.tf_weights import holder, randomize
+
+    ns = deepmac_meta_arch_namespace(official_tf.find_models_dir())
     head = ns["MaskHeadNetwork"](
         "hourglass10", num_init_channels=16, use_instance_embedding=True, mask_size=16
     )
     inst, pix = tf.random.normal([2, 8]), tf.random.normal([2, 16, 16, 6])
     head(inst, pix, training=False)
-    official_tf._randomize(head, 0)
+    randomize(head, 0)
     ref = head(inst, pix, training=False).numpy()
-    tf.train.Checkpoint(model=official_tf._holder(_mask_net=head)).save(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(model=holder(_mask_net=head)).save(str(tmp_path / "ckpt"))
     out = tmp_path / "head.pt"
     assert (
         cli_main(
