@@ -122,18 +122,20 @@ def main() -> None:
 
     baseline = filled_box_miou(val)
     lines = [
-        "| mask head | seeds | mIoU all | mIoU VOC | mIoU non-VOC | train min/run | ms/image "
-        "| ms/box |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mask head | seeds | mIoU all | mIoU VOC | mIoU non-VOC | class-mean mIoU non-VOC "
+        "| mask AP non-VOC (GT boxes) | train min/run | backbone ms/image | mask branch ms/box |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         "| filled box (baseline) | - | "
         + " | ".join(f"{baseline[f'mask_iou/{s}/mIoU']:.3f}" for s in SPLITS)
-        + " | - | - | - |",
+        + " | - | - | - | - | - |",
     ]
     for head in args.heads:
         rows = [r for r in records if r["head"] == head]
-        cells = [mean_std([r[f"mask_iou/{s}/mIoU"] for r in rows]) for s in SPLITS]
+        keys = [f"mask_iou/{s}/mIoU" for s in SPLITS]
+        keys += ["mask_iou/nonvoc/mIoU_class", "segm/nonvoc/AP"]
+        cells = [mean_std([r[k] for r in rows]) for k in keys]
         lines.append(
-            f"| {head} | {len(rows)} | "
+            f"| {head} | {','.join(str(r['seed']) for r in rows)} | "
             + " | ".join(cells)
             + f" | {statistics.mean(r['train_seconds'] for r in rows) / 60:.0f}"
             + f" | {statistics.median(r['ms_per_image_backbone'] for r in rows):.0f}"
