@@ -68,19 +68,7 @@ def check_deepmac_heads(
             conversion = convert(
                 save_checkpoint(Path(tmp), model=holder(_mask_net=head)), f"head:{name}", manifest
             )
-        x = nchw(features)
-        with torch.no_grad():
-            ours = conversion.model(x)[:, 0].numpy()
-        spread = float64_spread(conversion.model, x, ours)
-        rows.append(
-            compare(
-                f"Deep-MAC head {name}",
-                ours,
-                ref,
-                HEAD_BOUND,
-                f"{len(conversion.report.consumed)} variables; ours f32 vs f64 {spread:.1e}",
-            )
-        )
+        rows.append(_compare_head(f"Deep-MAC head {name}", conversion, nchw(features), ref))
         log(
             f"  {rows[-1].component}: {rows[-1].max_abs_diff:.2e} "
             f"({time.perf_counter() - start:.1f} s)"
@@ -125,18 +113,9 @@ def check_deepmarc_heads(
                 manifest,
                 f"deepmarc_{variant}",
             )
-        x = nchw(feats[0])
-        with torch.no_grad():
-            ours = conversion.model(x)[:, 0].numpy()
-        spread = float64_spread(conversion.model, x, ours)
         rows.append(
-            compare(
-                f"Deep-MARC head {variant}",
-                ours,
-                ref,
-                HEAD_BOUND,
-                f"{crop}->{2 * crop}, {len(conversion.report.consumed)} variables; "
-                f"ours f32 vs f64 {spread:.1e}",
+            _compare_head(
+                f"Deep-MARC head {variant}", conversion, nchw(feats[0]), ref, f"{crop}->{2 * crop}"
             )
         )
         log(
@@ -144,3 +123,13 @@ def check_deepmarc_heads(
             f"({time.perf_counter() - start:.1f} s)"
         )
     return rows
+
+
+def _compare_head(component: str, conversion, x: torch.Tensor, ref, note: str = "") -> ParityRow:
+    """Row of a converted head's ``(N, 1, H, W)`` logits on ``x`` against TF's ``ref``
+    ``(N, H, W)``; the note adds the variable count and our float32 rounding floor."""
+    with torch.no_grad():
+        ours = conversion.model(x)[:, 0].numpy()
+    spread = float64_spread(conversion.model, x, ours)
+    detail = f"{len(conversion.report.consumed)} variables; ours f32 vs f64 {spread:.1e}"
+    return compare(component, ours, ref, HEAD_BOUND, f"{note}, {detail}" if note else detail)
