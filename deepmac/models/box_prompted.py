@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from deepmac.models.mask_branch import MaskBranch
+from deepmac.models.pixel_normalization import PixelNormalization
 
 
 def prediction_net(in_channels: int, hidden_channels: int, out_channels: int) -> nn.Sequential:
@@ -38,7 +38,7 @@ class BoxPromptedOutputs:
     mask_logits: list[Tensor]
 
 
-class BoxPromptedDeepMAC(nn.Module):
+class BoxPromptedDeepMAC(PixelNormalization, nn.Module):
     """Backbone + embedding heads + mask branch.
 
     Args:
@@ -75,20 +75,11 @@ class BoxPromptedDeepMAC(nn.Module):
             else nn.Identity()
             for _ in range(backbone.num_outputs)
         )
-        self.register_buffer(
-            "pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False
-        )
+        self.register_pixel_statistics(pixel_mean, pixel_std)
 
     @property
     def size_multiple(self) -> int:
         return getattr(self.backbone, "size_multiple", 32)
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` 0..255 RGB to the backbone's input statistics."""
-        return (images - self.pixel_mean) / self.pixel_std
 
     def stack_features(self, images: Tensor) -> list[tuple[int, Tensor]]:
         """``(stack index, (B, C, h, w) features)`` for every backbone output in training and

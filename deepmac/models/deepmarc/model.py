@@ -31,6 +31,7 @@ from deepmac.models.deepmarc.mask_head import RoIMaskBranch, paste_roi_masks, ro
 from deepmac.models.deepmarc.roi_heads import RoIBoxHeads, SampledRoIs, flatten_boxes
 from deepmac.models.deepmarc.rpn import Proposals, RegionProposalNetwork
 from deepmac.models.losses import deepmac_mask_loss
+from deepmac.models.pixel_normalization import PixelNormalization
 
 __all__ = ["MASK_TRAIN_BOXES", "DeepMARC", "DeepMARCOutputs", "MaskTrainingBoxes"]
 
@@ -90,7 +91,7 @@ class DeepMARCOutputs:
     mask_boxes: MaskTrainingBoxes | None = None
 
 
-class DeepMARC(nn.Module):
+class DeepMARC(PixelNormalization, nn.Module):
     """Mask R-CNN with a class-agnostic (deep) mask head.
 
     Args:
@@ -126,12 +127,7 @@ class DeepMARC(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.mask_branch = mask_branch
-        self.register_buffer(
-            "pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False
-        )
+        self.register_pixel_statistics(pixel_mean, pixel_std)
 
     @property
     def size_multiple(self) -> int:
@@ -140,10 +136,6 @@ class DeepMARC(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.roi_heads.num_classes
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` 0..255 RGB to the backbone's input statistics."""
-        return (images - self.pixel_mean) / self.pixel_std
 
     def features(self, images: Tensor) -> list[Tensor]:
         """P2-P6 ``(B, C, H/s, W/s)`` of ``(B, 3, H, W)`` 0..255 RGB images.
