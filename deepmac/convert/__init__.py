@@ -7,7 +7,8 @@ variable went; ``save_conversion`` writes it as a deepmac checkpoint. The comman
 
 Modules: ``tf_checkpoint`` (reading, canonical variable names), ``names`` (the name-table
 machinery), ``heads_names`` / ``deepmac_names`` / ``deepmarc_names`` (one table per model
-family), ``layouts`` (kernel layouts and TF conventions), ``convert`` (the driver),
+family), ``layouts`` (kernel layouts and TF conventions), ``transfer`` (copying variables
+through a name table, the report), ``convert`` (plans per family and the driver),
 ``parity`` (numerical checks against the official TF code; needs TensorFlow and the OD API).
 """
 
