@@ -22,11 +22,10 @@ import torch
 from timing import time_ms
 
 from deepmac.config import ModelConfig
-from deepmac.experiment import AMP_DTYPES
+from deepmac.engine.precision import AMP_DTYPES, autocast
 from deepmac.mask_heads import fuse_for_inference
 from deepmac.models.build import build_model
 from deepmac.models.centernet.decode import decode_detections
-from deepmac.predictor import inference_autocast
 from deepmac.steps import DeepMACStep
 from deepmac.structures.masks import paste_masks_in_image
 
@@ -41,7 +40,7 @@ MODELS = {
 def stage_times(model, size: int, repeats: int, amp) -> dict[str, float]:
     image = torch.rand(1, 3, size, size) * 255
     model.eval()
-    with torch.inference_mode(), inference_autocast(amp):
+    with torch.inference_mode(), autocast("cpu", amp):
         outputs = model.backbone(model.normalize(image))
         stack, features = len(outputs) - 1, outputs[-1]
         heat = model.heatmap_heads[stack](features)

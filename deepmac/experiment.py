@@ -21,16 +21,16 @@ from deepmac.data import (
     build_train_transforms,
     demo_data_root,
 )
+from deepmac.data.coco import image_keys
 from deepmac.engine import build_warmup_cosine, resume_from, train
 from deepmac.engine.distributed import init_distributed, wrap_ddp
+from deepmac.engine.precision import amp_dtype
 from deepmac.evaluate import evaluate_model
 from deepmac.instance_predictor import DETECTOR_MODEL_TYPES
 from deepmac.models.build import build_model
 from deepmac.steps import training_step
 
 logger = logging.getLogger(__name__)
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def training_sets(cfg: ExperimentConfig) -> list[tuple[Path, str]]:
@@ -49,10 +49,66 @@ def eval_root(cfg: ExperimentConfig) -> Path:
     return Path(cfg.data.val_root) if cfg.data.val_root else training_sets(cfg)[0][0]
 
 
-def amp_dtype(name: str) -> torch.dtype | None:
-    if name not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {name!r}")
-    return AMP_DTYPES[name]
+def evaluation_image_keys(cfg: ExperimentConfig) -> set[tuple[str, int, int]]:
+    """``image_key`` of every image of the evaluation set (``eval_root`` / ``data.val_split``),
+    or an empty set when that set has no annotation file."""
+    ann_file = eval_root(cfg) / "annotations" / f"instances_{cfg.data.val_split}.json"
+    return image_keys(ann_file) if ann_file.is_file() else set()
+
+
+def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInstances]:
+    """One dataset per training set, without the evaluation images.
+
+    An image that is also in the evaluation set is dropped from training with one warning
+    per training set naming it: scores on images the model trained on measure memory, not
+    segmentation (coco_tiny val2017 and coco_mini val2017, both subsets of COCO val2017,
+    share an image).
+
+    Raises:
+        ValueError: a training set is left without images.
+    """
+    held_out = evaluation_image_keys(cfg)
+    datasets = []
+    for root, split in training_sets(cfg):
+        dataset = CocoInstances(
+            root,
+            split,
+            mask_split=cfg.data.mask_split,
+            transforms=transforms,
+            exclude_images=held_out,
+        )
+        if dataset.excluded_file_names:
+            names = ", ".join(dataset.excluded_file_names)
+            logger.warning(
+                "%s/%s: %d image(s) of the evaluation set %s/%s left out of training: %s",
+                root,
+                split,
+                len(dataset.excluded_file_names),
+                eval_root(cfg),
+                cfg.data.val_split,
+                names,
+            )
+        if len(dataset) == 0:
+            raise ValueError(
+                f"training set {root}/{split} has no image left once the evaluation images of "
+                f"{eval_root(cfg)}/{cfg.data.val_split} are left out; expected a training split "
+                f"distinct from the evaluation split (set data.val_root / data.val_split)"
+            )
+        datasets.append(dataset)
+    return datasets
+
+
+def check_image_size(cfg: ExperimentConfig, size_multiple: int) -> None:
+    """``data.image_size`` must be a multiple of the model's input size multiple: training
+    would pad every batch to one, but prediction, evaluation and export resize to
+    ``data.image_size`` exactly."""
+    size = cfg.data.image_size
+    if size % size_multiple:
+        lower = max(size // size_multiple * size_multiple, size_multiple)
+        raise ValueError(
+            f"data.image_size={size} is not a multiple of {size_multiple}, the input size "
+            f"multiple of backbone {cfg.model.backbone}; use {lower} or {lower + size_multiple}"
+        )
 
 
 def training_device(name: str, local_rank: int = 0) -> torch.device:
@@ -70,9 +126,15 @@ def training_device(name: str, local_rank: int = 0) -> torch.device:
 def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
     """``train.optimizer`` over every parameter of ``model``."""
     train = cfg.train
+    # The fused kernels update every tensor in one pass: Adam's step on the 9M parameters of
+    # box_prompted_cpu takes 20 instead of 87 CPU-ms (foreach). Same update rule, deterministic.
     if train.optimizer == "adam":
         return torch.optim.Adam(
-            model.parameters(), lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay
+            model.parameters(),
+            lr=train.lr,
+            eps=train.adam_eps,
+            weight_decay=train.weight_decay,
+            fused=True,
         )
     if train.optimizer == "sgd":
         return torch.optim.SGD(
@@ -80,6 +142,7 @@ def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.opti
             lr=train.lr,
             momentum=train.momentum,
             weight_decay=train.weight_decay,
+            fused=True,
         )
     raise ValueError(f"train.optimizer must be adam or sgd, got {train.optimizer!r}")
 
@@ -105,6 +168,7 @@ def run_training(
     device = training_device(cfg.train.device, local_rank)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)  # before the optimizer holds its parameters
+    check_image_size(cfg, model.size_multiple)
     if rank:
         # Same initial weights everywhere (DDP also broadcasts rank 0's), but each process
         # draws its own augmentations and instance subsets when the loader runs in-process.
@@ -114,10 +178,7 @@ def run_training(
         if cfg.data.augment
         else build_eval_transforms(cfg.data.image_size)
     )
-    datasets = [
-        CocoInstances(root, split, mask_split=cfg.data.mask_split, transforms=transforms)
-        for root, split in training_sets(cfg)
-    ]
+    datasets = build_training_datasets(cfg, transforms)
     loader = build_train_loader(
         datasets,
         cfg.data.batch_size,

@@ -1,8 +1,10 @@
 """``DeepMACPredictor``: images in, instances out (boxes, scores, classes, masks) with Deep-MAC
 or Deep-MARC (any model type of ``DETECTOR_MODEL_TYPES``).
 
-predictor = load_model("runs/deepmac/last.pt")
+predictor = load_model("runs/deepmac/last.pt")   # device="cuda", amp="bf16"
 instances = predictor.predict(image)   # boxes (K, 4) xyxy, scores, category_ids, masks (K, H, W)
+
+The image goes to the model's device; the instances come back on the CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from PIL import Image
 from torch import Tensor
 
 from deepmac.data.transforms import ResizePad
-from deepmac.predictor import image_to_tensor, inference_autocast
+from deepmac.engine.devices import module_device
+from deepmac.engine.precision import amp_dtype, autocast
+from deepmac.predictor import image_to_tensor, place_model
 from deepmac.structures.masks import paste_masks_in_image
 
 #: Checkpoints holding a detector with a mask branch: Deep-MAC and Deep-MARC.
@@ -30,7 +34,7 @@ class Instances:
     Attributes:
         boxes: ``(K, 4)`` float32 xyxy. scores: ``(K,)``. labels: ``(K,)`` contiguous class
         ids. category_ids: ``(K,)`` COCO category ids. names: K class names.
-        masks: ``(K, H, W)`` bool.
+        masks: ``(K, H, W)`` bool. All tensors on the CPU.
     """
 
     boxes: Tensor
@@ -50,7 +54,9 @@ class DeepMACPredictor:
         category_ids, class_names: the label map of the training data.
         score_threshold: drop detections below this score (0 keeps all 100, as the official
             evaluation does).
-        amp_dtype: e.g. ``torch.bfloat16`` for CPU autocast.
+        device: where the model runs ("cpu", "cuda", "cuda:N", "auto" or a ``torch.device``);
+            None keeps it on the device it is on.
+        amp: autocast on that device, "none", "bf16" or "fp16" (``deepmac.engine.precision``).
     """
 
     def __init__(
@@ -61,19 +67,28 @@ class DeepMACPredictor:
         category_ids: list[int],
         class_names: list[str],
         score_threshold: float = 0.0,
-        amp_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        amp: str = "none",
     ) -> None:
-        self.model = model.eval()
+        self.amp_dtype = amp_dtype(amp)
+        self.model = place_model(model, device)
+        self.device = module_device(self.model)
         self.resize = ResizePad(image_size)
-        self.category_ids = torch.as_tensor(category_ids, dtype=torch.long)
+        # A CPU-side lookup table: the labels are moved to the CPU before indexing it.
+        self.category_ids = torch.as_tensor(category_ids, dtype=torch.long, device="cpu")
         self.class_names = list(class_names)
         self.score_threshold = score_threshold
-        self.amp_dtype = amp_dtype
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path | dict, *, amp_dtype: torch.dtype | None = None, fuse: bool = True
+        cls,
+        path: str | Path | dict,
+        *,
+        device: str | torch.device = "cpu",
+        amp: str = "none",
+        fuse: bool = True,
     ) -> DeepMACPredictor:
+        """Rebuild the detector from a training checkpoint (``OUT/last.pt``) on ``device``."""
         from deepmac.models.build import model_from_checkpoint
 
         model, cfg = model_from_checkpoint(path, model_types=DETECTOR_MODEL_TYPES, fuse=fuse)
@@ -82,7 +97,8 @@ class DeepMACPredictor:
             image_size=cfg.data.image_size,
             category_ids=cfg.model.category_ids,
             class_names=cfg.model.class_names,
-            amp_dtype=amp_dtype,
+            device=device,
+            amp=amp,
         )
 
     @torch.no_grad()
@@ -95,33 +111,42 @@ class DeepMACPredictor:
             image: PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` tensor (0..255 RGB).
             threshold: mask probability threshold (strict).
         """
-        pixels = image_to_tensor(image)
+        # Moved before the resize, so that the model's device (a GPU) does the resize too.
+        pixels = image_to_tensor(image).to(self.device)
         height, width = pixels.shape[-2:]
         resized, target = self.resize(pixels, {})
         new_h, new_w = target["size"]
-        with inference_autocast(self.amp_dtype):
+        with autocast(self.device, self.amp_dtype):
             out = self.model(resized[None], image_sizes=[(new_h, new_w)])
         (det,) = out.detections
         probs = out.mask_logits[-1].float().sigmoid()[:, 0]  # (K, S, S)
         keep = det.scores >= self.score_threshold
-        scale = torch.tensor([width / new_w, height / new_h] * 2)
+        scale = torch.tensor([width / new_w, height / new_h] * 2, device=det.boxes.device)
         boxes = det.boxes[keep].float() * scale
         # Each model pastes with its own crop convention: TF crop_and_resize for Deep-MAC,
         # half-pixel RoIAlign for Deep-MARC (``paste_masks``). Boxes of zero area (a collapsed
-        # size prediction) get an empty mask, not an error.
+        # size prediction) get an empty mask, not an error. Pasted on the model's device; only
+        # the results cross to the CPU.
         paste = getattr(self.model, "paste_masks", paste_masks_in_image)
         masks = paste(probs[keep], boxes, (height, width), threshold)
-        labels = det.labels[keep]
+        labels = det.labels[keep].cpu()
         return Instances(
-            boxes=boxes,
-            scores=det.scores[keep],
+            boxes=boxes.cpu(),
+            scores=det.scores[keep].cpu(),
             labels=labels,
             category_ids=self.category_ids[labels],
             names=[self.class_names[int(c)] for c in labels],
-            masks=masks,
+            masks=masks.cpu(),
         )
 
 
-def load_model(path: str | Path, **kwargs) -> DeepMACPredictor:
-    """A ``DeepMACPredictor`` from a training checkpoint (``OUT/last.pt``)."""
-    return DeepMACPredictor.from_checkpoint(path, **kwargs)
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    amp: str = "none",
+    fuse: bool = True,
+) -> DeepMACPredictor:
+    """A ``DeepMACPredictor`` from a training checkpoint (``OUT/last.pt``) on ``device``
+    ("cpu", "cuda", "cuda:N" or "auto"), with ``amp`` autocast ("none", "bf16", "fp16")."""
+    return DeepMACPredictor.from_checkpoint(path, device=device, amp=amp, fuse=fuse)

@@ -1,15 +1,16 @@
 """``BoxPromptedSegmenter``: turn boxes of any class into masks with a trained checkpoint.
 
-    seg = BoxPromptedSegmenter.from_checkpoint("runs/demo/last.pt")
+    seg = BoxPromptedSegmenter.from_checkpoint("runs/demo/last.pt")  # device="cuda", amp="bf16"
     masks = seg.predict(image, boxes_xyxy)       # (N, H, W) bool in the image's own frame
 
 ``set_image`` runs the backbone once and caches the embeddings, so several ``predict(boxes)``
-calls on one image (an annotation tool) cost only the mask branch.
+calls on one image (an annotation tool) cost only the mask branch. Images and boxes go to the
+model's device; results come back on the CPU.
 """
 
 from __future__ import annotations
 
-import contextlib
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from PIL import Image
 from torch import Tensor
 
 from deepmac.data.transforms import ResizePad
+from deepmac.engine.devices import module_device, resolve_device
+from deepmac.engine.precision import amp_dtype, autocast
 from deepmac.structures.boxes import clip_boxes
 from deepmac.structures.masks import paste_masks_in_image
 
@@ -40,11 +43,12 @@ def image_to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
     raise TypeError(f"image must be a PIL image, numpy array or tensor, got {type(image).__name__}")
 
 
-def inference_autocast(dtype: torch.dtype | None):
-    """CPU autocast to ``dtype`` (e.g. bfloat16), or nothing for None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=dtype)
+def place_model(model: torch.nn.Module, device: str | torch.device | None) -> torch.nn.Module:
+    """``model`` in eval mode, moved to ``device`` (``resolve_device`` names), or left where it
+    is for None (a model under training is evaluated where it trains)."""
+    if device is not None:
+        model = model.to(resolve_device(device))
+    return model.eval()
 
 
 def check_prompt_boxes(boxes: Tensor | np.ndarray | list, image_size: tuple[int, int]) -> Tensor:
@@ -54,9 +58,10 @@ def check_prompt_boxes(boxes: Tensor | np.ndarray | list, image_size: tuple[int,
     left inside the image, or with non-finite coordinates, is an error naming its index.
 
     Returns:
-        ``(N, 4)`` float32 clipped xyxy boxes.
+        ``(N, 4)`` float32 clipped xyxy boxes on the CPU (where the checks and their error
+        message read them).
     """
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    boxes = torch.as_tensor(boxes, dtype=torch.float32, device="cpu")
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must be (N, 4) xyxy, got shape {tuple(boxes.shape)}")
     bad = ~torch.isfinite(boxes).all(dim=1)
@@ -85,7 +90,9 @@ class BoxPromptedSegmenter:
         model: the network (put in eval mode here).
         image_size: long side the image is resized to (the training ``data.image_size``).
         box_chunk: boxes run through the mask branch at once (bounds memory for huge box sets).
-        amp_dtype: e.g. ``torch.bfloat16`` for CPU autocast, or None for float32.
+        device: where the model runs ("cpu", "cuda", "cuda:N", "auto" or a ``torch.device``);
+            None keeps it on the device it is on.
+        amp: autocast on that device, "none", "bf16" or "fp16" (``deepmac.engine.precision``).
     """
 
     def __init__(
@@ -94,12 +101,14 @@ class BoxPromptedSegmenter:
         *,
         image_size: int,
         box_chunk: int = 256,
-        amp_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        amp: str = "none",
     ) -> None:
-        self.model = model.eval()
+        self.amp_dtype = amp_dtype(amp)
+        self.model = place_model(model, device)
+        self.device = module_device(self.model)
         self.resize = ResizePad(image_size)
         self.box_chunk = box_chunk
-        self.amp_dtype = amp_dtype
         self._cache: dict | None = None
 
     @classmethod
@@ -108,10 +117,11 @@ class BoxPromptedSegmenter:
         path: str | Path | dict,
         *,
         box_chunk: int = 256,
-        amp_dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        amp: str = "none",
         fuse: bool = True,
     ) -> BoxPromptedSegmenter:
-        """Rebuild the model from a training checkpoint (``OUT/last.pt``).
+        """Rebuild the model from a training checkpoint (``OUT/last.pt``) on ``device``.
 
         With ``fuse``, the mask head's BatchNorms are folded into its convolutions and it runs
         channels_last (``fuse_for_inference``): the same outputs up to float rounding, 1.1-1.7x
@@ -123,15 +133,18 @@ class BoxPromptedSegmenter:
         # branch are those of the box-prompted model; Deep-MARC's head runs on RoIAligned FPN
         # features at any box, as it does at its detections.
         model, cfg = model_from_checkpoint(path, model_types=PROMPTABLE_MODEL_TYPES, fuse=fuse)
-        return cls(model, image_size=cfg.data.image_size, box_chunk=box_chunk, amp_dtype=amp_dtype)
+        return cls(
+            model, image_size=cfg.data.image_size, box_chunk=box_chunk, device=device, amp=amp
+        )
 
-    def _autocast(self):
-        return inference_autocast(self.amp_dtype)
+    def _autocast(self) -> AbstractContextManager:
+        return autocast(self.device, self.amp_dtype)
 
     @torch.no_grad()
     def set_image(self, image: Image.Image | np.ndarray | Tensor) -> None:
-        """Run the backbone on ``image`` and cache its embeddings."""
-        pixels = image_to_tensor(image)
+        """Run the backbone on ``image`` and cache its embeddings (on the model's device)."""
+        # Moved before the resize, so that the model's device (a GPU) does the resize too.
+        pixels = image_to_tensor(image).to(self.device)
         height, width = pixels.shape[-2:]
         resized, target = self.resize(pixels, {})
         new_h, new_w = target["size"]
@@ -146,12 +159,13 @@ class BoxPromptedSegmenter:
             **features,
             "input_size": tuple(resized.shape[-2:]),
             "image_size": (height, width),
-            "scale": torch.tensor([new_w / width, new_h / height] * 2),
+            "scale": torch.tensor([new_w / width, new_h / height] * 2, device=self.device),
         }
 
     def predict_probs(self, boxes: Tensor | np.ndarray | list) -> Tensor:
-        """Box-relative mask probabilities ``(N, S, S)`` for boxes on the cached image."""
-        return self._probs(check_prompt_boxes(boxes, self._cached()["image_size"]))
+        """Box-relative mask probabilities ``(N, S, S)`` on the CPU for boxes on the cached
+        image."""
+        return self._probs(check_prompt_boxes(boxes, self._cached()["image_size"])).cpu()
 
     def _cached(self) -> dict:
         if self._cache is None:
@@ -160,16 +174,17 @@ class BoxPromptedSegmenter:
 
     @torch.no_grad()
     def _probs(self, boxes: Tensor) -> Tensor:
-        """``(N, S, S)`` probabilities for validated, clipped boxes of the original image."""
+        """``(N, S, S)`` probabilities, on the model's device, for validated, clipped boxes of
+        the original image."""
         cache = self._cached()
-        input_boxes = boxes * cache["scale"]
+        input_boxes = boxes.to(self.device) * cache["scale"]
         branch = self.model.mask_branch
         probs = []
         for start in range(0, len(boxes), self.box_chunk):
             chunk = input_boxes[start : start + self.box_chunk]
             with self._autocast():
                 if self._is_rcnn:
-                    index = torch.zeros(len(chunk), dtype=torch.long)
+                    index = torch.zeros(len(chunk), dtype=torch.long, device=chunk.device)
                     logits = branch(cache["pyramid"], chunk, index)
                 else:
                     pixel, instance = cache["pixel"], cache["instance"]
@@ -177,7 +192,7 @@ class BoxPromptedSegmenter:
             probs.append(logits.float().sigmoid()[:, 0])
         if not probs:
             size = branch.output_size if self._is_rcnn else branch.mask_size
-            return torch.zeros(0, size, size)
+            return torch.zeros(0, size, size, device=self.device)
         return torch.cat(probs)
 
     @property
@@ -200,7 +215,7 @@ class BoxPromptedSegmenter:
             threshold: probability above which a pixel is in the mask (strict).
 
         Returns:
-            ``(N, H, W)`` bool masks.
+            ``(N, H, W)`` bool masks on the CPU.
         """
         if image is not None:
             self.set_image(image)
@@ -208,4 +223,7 @@ class BoxPromptedSegmenter:
         clipped = check_prompt_boxes(boxes, image_size)
         # Each model pastes with the convention it crops with (Deep-MARC: RoIAlign's).
         paste = getattr(self.model, "paste_masks", paste_masks_in_image)
-        return paste(self._probs(clipped), clipped, image_size, threshold)
+        # Pasted where the probabilities are (two matrix products per mask); only the bool
+        # masks cross to the CPU.
+        masks = paste(self._probs(clipped), clipped.to(self.device), image_size, threshold)
+        return masks.cpu()

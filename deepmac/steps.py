@@ -9,7 +9,11 @@ import torch
 
 from deepmac.config import ExperimentConfig
 from deepmac.models.centernet import centernet_losses, encode_centernet_targets
-from deepmac.models.instances import gather_training_instances
+from deepmac.models.instances import (
+    TrainingInstances,
+    check_mask_head_instances,
+    gather_training_instances,
+)
 from deepmac.models.losses import deepmac_mask_loss
 
 
@@ -20,16 +24,31 @@ class BoxPromptedStep:
     because the loss needs the flattened instances built here.
     """
 
-    def __init__(self, *, mask_size: int, max_instances: int, mask_loss_weight: float) -> None:
+    def __init__(
+        self,
+        *,
+        mask_size: int,
+        max_instances: int,
+        mask_loss_weight: float,
+        mask_head_instances: str = "all",
+    ) -> None:
         self.mask_size = mask_size
         self.max_instances = max_instances
         self.mask_loss_weight = mask_loss_weight
+        self.mask_head_instances = check_mask_head_instances(mask_head_instances)
+
+    def instances(self, targets) -> TrainingInstances:
+        """The GT instances of the batch that go through the mask head."""
+        return gather_training_instances(
+            targets,
+            mask_size=self.mask_size,
+            max_instances=self.max_instances,
+            mode=self.mask_head_instances,
+        )
 
     def __call__(self, model, criterion, batch) -> dict[str, torch.Tensor]:
         images, targets = batch
-        instances = gather_training_instances(
-            targets, mask_size=self.mask_size, max_instances=self.max_instances
-        )
+        instances = self.instances(targets)
         outputs = model(images.tensor, instances.boxes, instances.batch_index)
         loss = deepmac_mask_loss(outputs.mask_logits, instances.mask_targets, instances.has_mask)
         return {"loss_mask": self.mask_loss_weight * loss}
@@ -61,9 +80,7 @@ class DeepMACStep(BoxPromptedStep):
         valid = torch.zeros(len(targets), 1, height, width, device=images.tensor.device)
         for b, (h, w) in enumerate(images.image_sizes):
             valid[b, :, : math.ceil(h / stride), : math.ceil(w / stride)] = 1
-        instances = gather_training_instances(
-            targets, mask_size=self.mask_size, max_instances=self.max_instances
-        )
+        instances = self.instances(targets)
         outputs = model(images.tensor, instances.boxes, instances.batch_index)
         losses = centernet_losses(
             outputs.center_heatmap,
@@ -84,9 +101,12 @@ class DeepMARCStep:
     targets (Mask R-CNN samples anchors and RoIs inside); the mask loss gets its task weight
     (1.0 in Mask R-CNN; ``train.mask_loss_weight``)."""
 
-    def __init__(self, *, max_instances: int, mask_loss_weight: float) -> None:
+    def __init__(
+        self, *, max_instances: int, mask_loss_weight: float, mask_head_instances: str = "all"
+    ) -> None:
         self.max_instances = max_instances
         self.mask_loss_weight = mask_loss_weight
+        self.mask_head_instances = check_mask_head_instances(mask_head_instances)
 
     def __call__(self, model, criterion, batch) -> dict[str, torch.Tensor]:
         images, targets = batch
@@ -95,6 +115,7 @@ class DeepMARCStep:
             targets,
             images.image_sizes,
             max_mask_instances=self.max_instances,
+            mask_head_instances=self.mask_head_instances,
         )
         losses = dict(out.losses)
         losses["loss_mask"] = self.mask_loss_weight * losses["loss_mask"]
@@ -107,11 +128,11 @@ def training_step(cfg: ExperimentConfig) -> BoxPromptedStep | DeepMARCStep:
         mask_size=cfg.model.mask_size,
         max_instances=cfg.data.max_instances,
         mask_loss_weight=cfg.train.mask_loss_weight,
+        mask_head_instances=cfg.train.mask_head_instances,
     )
     if cfg.model.type == "deepmarc":
-        return DeepMARCStep(
-            max_instances=cfg.data.max_instances, mask_loss_weight=cfg.train.mask_loss_weight
-        )
+        common.pop("mask_size")
+        return DeepMARCStep(**common)
     if cfg.model.type == "deepmac":
         return DeepMACStep(num_classes=cfg.model.num_classes, **common)
     return BoxPromptedStep(**common)

@@ -12,7 +12,8 @@ import torch
 from deepmac.config import apply_overrides
 from deepmac.data import demo_data_root
 from deepmac.models import MaskBranch, sample_at_box_centres
-from deepmac.models.instances import gather_training_instances
+from deepmac.models.build import build_model
+from deepmac.models.instances import gather_training_instances, select_mask_instances
 from deepmac.models.losses import deepmac_mask_loss
 from deepmac.predictor import BoxPromptedSegmenter, check_prompt_boxes
 from deepmac.presets import get_preset
@@ -128,6 +129,54 @@ def test_gather_training_instances_caps_and_crops_only_masked():
     assert inst.mask_targets[inst.has_mask][:, 1:-1, 1:-1].min() == 1.0
     assert inst.mask_targets[inst.has_mask].min() > 0.5
     assert inst.mask_targets[~inst.has_mask].abs().sum() == 0
+
+
+def test_cap_keeps_supervised_instances_first():
+    has_mask = torch.tensor([False, False, True, False, True, False, False, True])
+    for seed in range(5):
+        keep = select_mask_instances(
+            has_mask, 4, "all", generator=torch.Generator().manual_seed(seed)
+        )
+        # All three masks survive the cap of 4; one box without a mask fills the last slot.
+        assert set(keep.tolist()) >= {2, 4, 7} and len(keep) == 4
+        assert keep.tolist() == sorted(keep.tolist())
+    keep = select_mask_instances(has_mask, 2, "all", generator=torch.Generator().manual_seed(0))
+    assert set(keep.tolist()) < {2, 4, 7} and len(keep) == 2
+    assert select_mask_instances(has_mask, 100, "all").tolist() == list(range(8))
+    assert select_mask_instances(has_mask, 100, "supervised").tolist() == [2, 4, 7]
+    with pytest.raises(ValueError, match="mask_head_instances must be one of all, supervised"):
+        select_mask_instances(has_mask, 4, "masked")
+
+
+def test_supervised_mode_sends_only_masked_instances_to_the_head():
+    masks = torch.zeros(5, 20, 20, dtype=torch.bool)
+    masks[:, 5:15, 5:15] = True
+    target = {
+        "boxes": torch.tensor([[5.0, 5.0, 15.0, 15.0]] * 5),
+        "gt_masks": masks,
+        "has_mask": torch.tensor([True, False, True, False, True]),
+    }
+    inst = gather_training_instances([target], mask_size=8, mode="supervised")
+    assert len(inst.boxes) == 3 and bool(inst.has_mask.all())
+    full = gather_training_instances([target], mask_size=8, mode="all")
+    # The loss only sees supervised instances, so both modes give it the same targets.
+    torch.testing.assert_close(inst.mask_targets, full.mask_targets[full.has_mask])
+
+
+def test_instance_embedding_at_boxes_equals_the_dense_map():
+    model = build_model(get_preset("box_prompted_cpu").model).train()
+    features = torch.randn(3, 64, 24, 24, requires_grad=True)
+    corners = torch.rand(9, 2) * 80
+    boxes = torch.cat([corners, corners + torch.rand(9, 2) * 40 + 1], 1)
+    boxes[0] = torch.tensor([0.0, 0.0, 3.0, 3.0])  # centre pixel on the top-left border
+    boxes[1] = torch.tensor([90.0, 90.0, 96.0, 96.0])  # ... and on the bottom-right one
+    index = torch.randint(0, 3, (9,))
+    dense = sample_at_box_centres(model.embed(0, features)[1], boxes, index, (96, 96))
+    sparse = model.instance_embedding_at_boxes(0, features, boxes, index, (96, 96))
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+    (grad_dense,) = torch.autograd.grad(dense.sum(), features)
+    (grad_sparse,) = torch.autograd.grad(sparse.sum(), features)
+    torch.testing.assert_close(grad_sparse, grad_dense, atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- predictor input

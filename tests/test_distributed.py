@@ -153,7 +153,9 @@ def test_two_processes_train_like_one_process_with_the_global_batch(tmp_path):
     one_log = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
     assert len(two_log) == len(one_log) == STEPS
     for a, b in zip(two_log, one_log, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        # Float rounding only (batches of 2 and 4 run other convolution kernels, channels_last
+        # in training): ~1e-5. Rank 0's loss alone instead of the mean would be off by >1e-2.
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     assert two_log[0]["images_per_s"] > 0
 
 

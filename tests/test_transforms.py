@@ -15,8 +15,7 @@ from deepmac.data.transforms import (
     _crop_border,
     build_train_transforms,
     crop_square,
-    hsv_to_rgb,
-    rgb_to_hsv,
+    rotate_hue,
 )
 
 
@@ -122,14 +121,16 @@ def test_crop_border_matches_tf() -> None:
     assert [_crop_border(128, s) for s in (480, 256, 200, 100)] == [128, 128, 64, 32]
 
 
-def test_hsv_round_trip_matches_colorsys() -> None:
+@pytest.mark.parametrize("shift", [0.0, 0.02, -0.02, 0.37])
+def test_rotate_hue_matches_a_colorsys_round_trip(shift: float) -> None:
     pixels = torch.rand(3, 64, 1, generator=torch.Generator().manual_seed(0))
     pixels[:, 0, 0] = 0.5  # grey
-    hsv = rgb_to_hsv(pixels)
+    pixels[:, 1, 0] = torch.tensor([0.7, 0.7, 0.2])  # a tie between red and green
+    rotated = rotate_hue(pixels * 255.0, shift) / 255.0
     for i in range(64):
-        expected = colorsys.rgb_to_hsv(*pixels[:, i, 0].tolist())
-        assert torch.allclose(hsv[:, i, 0], torch.tensor(expected), atol=1e-5)
-    assert torch.allclose(hsv_to_rgb(hsv), pixels, atol=1e-5)
+        hue, sat, val = colorsys.rgb_to_hsv(*pixels[:, i, 0].tolist())
+        expected = colorsys.hsv_to_rgb((hue + shift) % 1.0, sat, val)
+        assert torch.allclose(rotated[:, i, 0], torch.tensor(expected), atol=1e-5)
 
 
 def test_color_jitter() -> None:
@@ -168,3 +169,51 @@ def test_train_transforms_are_seeded() -> None:
     again = run(5)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[0], run(6)[0])
+
+
+def _centroid(weights: torch.Tensor) -> torch.Tensor:
+    """``(y, x)`` centre of mass of a ``(H, W)`` map, in pixel-centre coordinates."""
+    weights = weights.float()
+    ys = torch.arange(weights.shape[0], dtype=torch.float32)[:, None]
+    xs = torch.arange(weights.shape[1], dtype=torch.float32)[None, :]
+    total = weights.sum()
+    return torch.stack([(weights * ys).sum() / total, (weights * xs).sum() / total])
+
+
+@pytest.mark.parametrize("size", [384, 320, 100])
+@pytest.mark.parametrize("flip", [False, True])
+def test_image_mask_and_box_stay_aligned(size: int, flip: bool) -> None:
+    """A bright rectangle drawn in the image, its mask and its box go through flip, square
+    crop and resize-and-pad, and must stay on one another. A binary mask can only place its
+    edges on pixel boundaries, so it is compared with the resized image thresholded at half
+    intensity (the same quantisation): the two must be the same pixels, and their centres agree
+    to 0.05 px. The box keeps fractional edges and must centre on the resized image's rectangle
+    to a quarter pixel (the image, resized without antialiasing, is point-sampled too). Plain
+    ``nearest`` mask resizing shifts masks by up to half a pixel and fails."""
+    height, width = 480, 640
+    y1, y2, x1, x2 = 101, 263, 157, 389
+    image = torch.zeros(3, height, width)
+    image[:, y1:y2, x1:x2] = 255.0
+    mask = torch.zeros(1, height, width, dtype=torch.bool)
+    mask[0, y1:y2, x1:x2] = True
+    target = {
+        "boxes": torch.tensor([[float(x1), float(y1), float(x2), float(y2)]]),
+        "labels": torch.tensor([0]),
+        "gt_masks": mask,
+        "has_mask": torch.tensor([True]),
+        "size": (height, width),
+    }
+    if flip:
+        image, target = RandomHorizontalFlip(1.0)(image, target)
+    image, target = crop_square(image, target, top=-37, left=45, side=577)
+    image, target = ResizePad(size)(image, target)
+    resized_mask = target["gt_masks"][0]
+    image_rectangle = image[0] > 127.5
+    mismatched = int((resized_mask != image_rectangle).sum())
+    assert mismatched == 0, f"{mismatched} pixels differ between the mask and the image"
+    assert torch.allclose(_centroid(resized_mask), _centroid(image_rectangle), atol=0.05)
+    bx1, by1, bx2, by2 = target["boxes"][0].tolist()
+    # Box edges are pixel boundaries: pixel-centre coordinates are edge - 0.5.
+    box_centre = torch.tensor([(by1 + by2) / 2 - 0.5, (bx1 + bx2) / 2 - 0.5])
+    image_centre = _centroid(image[0])
+    assert torch.allclose(box_centre, image_centre, atol=0.25), (box_centre, image_centre)

@@ -60,6 +60,16 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C_in, H, W) -> (B, C_out, ceil(H / s), ceil(W / s))``."""
+        if self.groups > 1 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # Depthwise convolutions under CPU bf16 autocast run 3-4x slower (forward +
+            # backward) than in float32 channels_last (oneDNN; measured 2026-12 on EPYC with
+            # AVX512-BF16, see benchmarks/train_speed.py), and they are half of the trunk's
+            # time. They do few FLOPs, so float32 costs nothing in speed and gains precision.
+            with torch.autocast("cpu", enabled=False):
+                return self._conv(x.float().contiguous(memory_format=torch.channels_last))
+        return self._conv(x)
+
+    def _conv(self, x: Tensor) -> Tensor:
         pads = []
         for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)

@@ -74,11 +74,13 @@ def _load_any_checkpoint(path: str) -> dict:
 def run_eval(args: argparse.Namespace) -> int:
     from deepmac.config import config_from_dict
     from deepmac.data import CocoInstances
+    from deepmac.engine.devices import resolve_device
     from deepmac.evaluate import evaluate_box_prompted, evaluate_deepmac
-    from deepmac.experiment import amp_dtype, eval_root
+    from deepmac.experiment import eval_root
     from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
     from deepmac.predictor import PROMPTABLE_MODEL_TYPES, BoxPromptedSegmenter
 
+    device = resolve_device(args.device)  # before the (slow) checkpoint and dataset loads
     ckpt = _load_any_checkpoint(args.checkpoint)
     cfg = config_from_dict(ckpt["config"])
     root = Path(args.data_root) if args.data_root else eval_root(cfg)
@@ -92,12 +94,12 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{ckpt['model_type']!r} model"
         )
     if ckpt["model_type"] in DETECTOR_MODEL_TYPES and not args.gt_boxes:
-        predictor = DeepMACPredictor.from_checkpoint(ckpt, amp_dtype=amp_dtype(args.amp))
+        predictor = DeepMACPredictor.from_checkpoint(ckpt, device=device, amp=args.amp)
         metrics, _ = evaluate_deepmac(predictor, dataset, **options)
         shown = {k: v for k, v in metrics.items() if k.endswith(("/AP", "/AP50", "/AP75"))}
         title = f"{args.checkpoint} on {root.name}/{args.split} (detected boxes):"
     else:
-        segmenter = BoxPromptedSegmenter.from_checkpoint(ckpt, amp_dtype=amp_dtype(args.amp))
+        segmenter = BoxPromptedSegmenter.from_checkpoint(ckpt, device=device, amp=args.amp)
         metrics, _ = evaluate_box_prompted(segmenter, dataset, **options)
         shown = {k: v for k, v in metrics.items() if k.endswith(("/mIoU", "/mIoU_class", "/AP"))}
         title = f"{args.checkpoint} on {root.name}/{args.split} (ground-truth boxes):"
@@ -140,12 +142,13 @@ def _image_id(path: Path, index: int) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from deepmac.engine.devices import resolve_device
     from deepmac.evaluation import instances_to_coco_results, write_coco_results
-    from deepmac.experiment import amp_dtype
     from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
     from deepmac.predictor import BoxPromptedSegmenter
     from deepmac.visualization import draw_instances
 
+    device = resolve_device(args.device)
     images = _collect_images(args.images)
     ckpt = _load_any_checkpoint(args.checkpoint)
     viz = Path(args.viz) if args.viz else None
@@ -155,7 +158,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.boxes is None:
         if ckpt["model_type"] not in DETECTOR_MODEL_TYPES:
             raise ValueError("a box-prompted model needs --boxes (COCO instances or results JSON)")
-        predictor = DeepMACPredictor.from_checkpoint(ckpt, amp_dtype=amp_dtype(args.amp))
+        predictor = DeepMACPredictor.from_checkpoint(ckpt, device=device, amp=args.amp)
         predictor.score_threshold = args.score_threshold
         for index, path in enumerate(images):
             image = _read_image(path)
@@ -174,7 +177,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
         prompts = load_box_prompts(args.boxes, [p.name for p in images])
         # Any model with a mask branch takes box prompts, Deep-MAC included.
-        segmenter = BoxPromptedSegmenter.from_checkpoint(ckpt, amp_dtype=amp_dtype(args.amp))
+        segmenter = BoxPromptedSegmenter.from_checkpoint(ckpt, device=device, amp=args.amp)
         for path in images:
             prompt = prompts.get(path.name)
             if prompt is None:

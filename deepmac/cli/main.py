@@ -78,6 +78,24 @@ def _add_train(subparsers) -> None:
     parser.set_defaults(handler=_lazy("run_train"))
 
 
+def _add_inference_device(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--amp`` of the commands that run a trained model. The choices are
+    spelled out here (not imported from ``deepmac.engine``) so that ``--help`` imports no torch;
+    ``deepmac.engine.devices`` and ``deepmac.engine.precision`` check the same names."""
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda", "auto"],
+        help="where the model runs (default cpu; auto: cuda when available)",
+    )
+    parser.add_argument(
+        "--amp",
+        default="none",
+        choices=["none", "bf16", "fp16"],
+        help="autocast on that device (default none; fp16 is for CUDA)",
+    )
+
+
 def _add_eval(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
@@ -97,7 +115,7 @@ def _add_eval(subparsers) -> None:
     parser.add_argument("--data-root", help="COCO-style root (default: the run's eval root)")
     parser.add_argument("--split", default="val2017", help="default val2017")
     parser.add_argument("--max-images", type=int, default=0, help="0 = all")
-    parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="CPU autocast")
+    _add_inference_device(parser)
     parser.add_argument("--out", help="write the metrics as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_lazy("run_eval"))
@@ -126,7 +144,7 @@ def _add_predict(subparsers) -> None:
     )
     parser.add_argument("--out", required=True, help="COCO results JSON to write")
     parser.add_argument("--viz", help="also write PNG overlays into this folder")
-    parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="CPU autocast")
+    _add_inference_device(parser)
     parser.set_defaults(handler=_lazy("run_predict"))
 
 

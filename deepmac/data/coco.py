@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from deepmac.data.class_splits import resolve_split
 from deepmac.structures.boxes import box_xywh_to_xyxy
 
-__all__ = ["CocoInstances", "Target", "Transform", "load_coco_json"]
+__all__ = ["CocoInstances", "Target", "Transform", "image_key", "image_keys", "load_coco_json"]
 
 #: Per-image target dict; keys are listed in ``CocoInstances.__getitem__``.
 Target = dict[str, Any]
@@ -122,6 +122,20 @@ def _decode_segmentations(segs: Sequence[Any], height: int, width: int) -> Tenso
     return torch.from_numpy(np.ascontiguousarray(masks.transpose(2, 0, 1))).bool()
 
 
+def image_key(image: dict[str, Any]) -> tuple[str, int, int]:
+    """What identifies one image across annotation files: file name (without folders) and
+    size. Image ids are no key: two files may number the same image differently (COCO's own
+    subsets keep ids, user exports often renumber)."""
+    return (Path(str(image["file_name"])).name, int(image["height"]), int(image["width"]))
+
+
+def image_keys(ann_file: str | Path) -> set[tuple[str, int, int]]:
+    """``image_key`` of every image entry of a COCO JSON (read, not validated further)."""
+    data = load_coco_json(ann_file)
+    where = str(ann_file)
+    return {image_key(record) for record in _index_images(data["images"], where).values()}
+
+
 def _index_images(images: list[Any], where: str) -> dict[int, dict[str, Any]]:
     """``image id -> {id, file_name, height, width, anns: []}``, checking required keys."""
     index: dict[int, dict[str, Any]] = {}
@@ -178,6 +192,9 @@ class CocoInstances(Dataset):
         min_box_size: boxes (after clipping to the image) whose width or height is ``<=`` this
             many pixels, or that are not finite, are dropped with one warning per dataset.
         skip_empty: drop images that keep no annotation at all (crowd regions count).
+        exclude_images: ``image_key`` values of images to leave out (e.g. the evaluation
+            images, when a training root holds some of them); ``excluded_file_names`` lists
+            the file names left out.
 
     Attributes:
         category_ids: sorted COCO category ids; index = contiguous label.
@@ -202,6 +219,7 @@ class CocoInstances(Dataset):
         transforms: Transform | None = None,
         min_box_size: float = 1.0,
         skip_empty: bool = False,
+        exclude_images: Iterable[tuple[str, int, int]] = (),
     ) -> None:
         if root is None and (ann_file is None or image_dir is None):
             raise ValueError("CocoInstances needs root=, or both ann_file= and image_dir=")
@@ -225,6 +243,12 @@ class CocoInstances(Dataset):
             [c in mask_ids for c in self.category_ids], dtype=torch.bool
         )
         records = self._build_records(data, skip_empty)
+        exclude = set(exclude_images)
+        self.excluded_file_names: list[str] = [
+            r["file_name"] for r in records if image_key(r) in exclude
+        ]
+        if exclude:
+            records = [r for r in records if image_key(r) not in exclude]
         self.image_ids: list[int] = [r["id"] for r in records]
         self._records = _PackedRecords(records)
 

@@ -30,8 +30,7 @@ __all__ = [
     "build_eval_transforms",
     "build_train_transforms",
     "crop_square",
-    "hsv_to_rgb",
-    "rgb_to_hsv",
+    "rotate_hue",
 ]
 
 #: Box keys and the per-instance keys that must be filtered with them (first dim = instances).
@@ -93,29 +92,28 @@ class RandomHorizontalFlip:
         return image.flip(-1), target
 
 
-def rgb_to_hsv(rgb: Tensor) -> Tensor:
-    """``(3, H, W)`` RGB in ``[0, 1]`` to HSV in ``[0, 1]`` (hue as a fraction of the circle)."""
-    red, green, blue = rgb
-    value, argmax = rgb.max(0)  # argmax prefers red, then green, on ties (as colorsys)
-    chroma = value - rgb.min(0).values
-    # Hue in sixths of the circle, measured from the dominant channel; grey pixels get 0.
+def rotate_hue(image: Tensor, shift: float) -> Tensor:
+    """Shift the HSV hue of ``(3, H, W)`` RGB (any scale, e.g. 0..255) by ``shift`` turns,
+    keeping HSV saturation and value: exactly an RGB -> HSV -> RGB round trip with
+    ``h' = (h + shift) mod 1``, in one pass on the RGB values.
+
+    Each pixel keeps its max (value) and max - min (chroma); channel ``i`` becomes
+    ``v - chroma * clamp(min(k_i, 4 - k_i), 0, 1)`` with ``k_i = (n_i + 6 h') mod 6`` and
+    ``n = (5, 3, 1)``, where ``6 h`` is measured in sixths from the dominant channel (argmax
+    prefers red, then green, on ties, as ``colorsys``); grey pixels (chroma 0) are unchanged.
+    """
+    red, green, blue = image
+    value, argmax = image.max(0)
+    chroma = value - image.min(0).values
     sixths = torch.where(
         argmax == 0,
         green - blue,
         torch.where(argmax == 1, blue - red + 2.0 * chroma, red - green + 4.0 * chroma),
     )
-    hue = (sixths / (6.0 * torch.where(chroma > 0, chroma, 1.0))) % 1.0
-    saturation = chroma / torch.where(value > 0, value, 1.0)
-    return torch.stack([hue, saturation, value])
-
-
-def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """Inverse of :func:`rgb_to_hsv`: ``channel = v - v * s * clamp(min(k, 4 - k), 0, 1)``."""
-    hue, saturation, value = hsv
-    offsets = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device)[:, None, None]
-    k = (offsets + 6.0 * hue) % 6.0  # (3, H, W)
-    weight = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-    return value - value * saturation * weight
+    sixths.div_(torch.where(chroma > 0, chroma, 1.0)).add_(6.0 * shift)
+    offsets = torch.tensor([5.0, 3.0, 1.0], dtype=image.dtype, device=image.device)
+    k = (offsets[:, None, None] + sixths).remainder_(6.0)  # (3, H, W)
+    return value - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
 class ColorJitter:
@@ -162,20 +160,17 @@ class ColorJitter:
         contrast = _uniform(*self.contrast, gen)
         saturation = _uniform(*self.saturation, gen)
         brightness = _uniform(-self.brightness, self.brightness, gen)
-        x = image / 255.0
-        hsv = rgb_to_hsv(x)
-        hsv[0] = (hsv[0] + hue) % 1.0
-        x = hsv_to_rgb(hsv).clamp(0.0, 1.0)
+        # On 0..255 throughout, with in-place steps: the jitter is most of the data time.
+        x = rotate_hue(image, hue)
         mean = x.mean(dim=(-2, -1), keepdim=True)
-        x = ((x - mean) * contrast + mean).clamp(0.0, 1.0)
+        x.sub_(mean).mul_(contrast).add_(mean).clamp_(0.0, 255.0)
         # Scaling HSV saturation by f (clipped at 1) moves each channel away from the max:
         # c' = v - f' (v - c) with f' = min(f, v / (v - min)); exact, and avoids an HSV round trip.
         value = x.max(0, keepdim=True).values
         chroma = value - x.min(0, keepdim=True).values
-        limit = value / torch.where(chroma > 0, chroma, 1.0)
-        x = value - torch.minimum(limit, torch.full_like(limit, saturation)) * (value - x)
-        x = (x.clamp(0.0, 1.0) + brightness).clamp(0.0, 1.0)
-        return x * 255.0, target
+        limit = (value / torch.where(chroma > 0, chroma, 1.0)).clamp_(max=saturation)
+        x = value - limit * (value - x)
+        return x.clamp_(0.0, 255.0).add_(255.0 * brightness).clamp_(0.0, 255.0), target
 
 
 def _crop_border(max_border: int, size: int) -> int:
@@ -276,7 +271,8 @@ class ResizePad:
     """Keep-aspect resize so the long side is ``size``, then zero-pad bottom/right to a square.
 
     Matches ``keep_aspect_ratio_resizer`` with ``min_dimension = max_dimension = size`` and
-    ``pad_to_max_dimension``: bilinear image, nearest-neighbour masks, rounded new size. Boxes are
+    ``pad_to_max_dimension``: bilinear image, nearest-neighbour masks (both with half-pixel
+    centres, so they stay aligned), rounded new size. Boxes are
     scaled by the per-axis ratio ``new / old`` of the rounded size, so they stay on the content.
     ``target["size"]`` becomes the unpadded resized size; ``orig_size`` is kept, so predictions
     map back to the original frame by ``orig_size / size``.
@@ -316,10 +312,16 @@ class ResizePad:
 
 
 def _resize_masks(masks: Tensor, size: tuple[int, int], padded: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of bool ``(N, H, W)`` masks, zero-padded to ``padded``."""
+    """Nearest-neighbour resize of bool ``(N, H, W)`` masks, zero-padded to ``padded``.
+
+    ``nearest-exact`` samples source pixel ``floor((i + 0.5) * scale)``, the pixel under output
+    pixel ``i``'s centre: the half-pixel convention of the image's bilinear resize. Plain
+    ``nearest`` samples ``floor(i * scale)`` and shifts masks by up to half an output pixel
+    towards the bottom right of the image they supervise.
+    """
     if masks.shape[0] == 0:  # F.interpolate rejects empty batches
         return masks.new_zeros(0, *padded)
-    resized = F.interpolate(masks[None].to(torch.uint8), size=size, mode="nearest")[0]
+    resized = F.interpolate(masks[None].to(torch.uint8), size=size, mode="nearest-exact")[0]
     resized = F.pad(resized, (0, padded[1] - size[1], 0, padded[0] - size[0]))
     return resized.bool()
 

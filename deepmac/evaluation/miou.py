@@ -40,7 +40,7 @@ def _as_bool_masks(masks: ArrayLike, name: str) -> np.ndarray:
 
 
 def _as_vector(values: ArrayLike, num: int, name: str) -> np.ndarray:
-    array = torch.as_tensor(values).reshape(-1).cpu().numpy()
+    array = torch.as_tensor(values, device="cpu").reshape(-1).numpy()
     if array.shape[0] != num:
         raise ValueError(f"{name} must have shape ({num},) to match the masks, got {array.shape}")
     return array

@@ -90,7 +90,7 @@ def instances_to_coco_results(
     Raises:
         ValueError: if shapes disagree, naming the expected and found sizes.
     """
-    boxes = torch.as_tensor(_as_numpy(boxes_xyxy, "boxes_xyxy"), dtype=torch.float64)
+    boxes = torch.as_tensor(_as_numpy(boxes_xyxy, "boxes_xyxy"), dtype=torch.float64, device="cpu")
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes_xyxy must have shape (N, 4), got {tuple(boxes.shape)}")
     num = boxes.shape[0]

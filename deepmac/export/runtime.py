@@ -59,7 +59,8 @@ class OnnxModel:
         height, width = pixels.shape[-2:]
         resized, target = self.resize(pixels, {})
         new_h, new_w = target["size"]
-        scale = torch.tensor([new_w / width, new_h / height] * 2)
+        # onnxruntime runs on the CPU here: every tensor around the graph is a CPU one.
+        scale = torch.tensor([new_w / width, new_h / height] * 2, device="cpu")
         feeds = {"image": resized[None].numpy()}
         if "content_size" in self.input_names:
             feeds["content_size"] = np.array([new_h, new_w], dtype=np.float32)
@@ -99,7 +100,9 @@ class OnnxModel:
             boxes=boxes,
             scores=scores[keep],
             labels=labels,
-            category_ids=torch.tensor([self.category_ids[int(c)] for c in labels], dtype=torch.long)
+            category_ids=torch.tensor(
+                [self.category_ids[int(c)] for c in labels], dtype=torch.long, device="cpu"
+            )
             if self.category_ids
             else labels.clone(),
             names=[self.class_names[int(c)] for c in labels] if self.class_names else [],

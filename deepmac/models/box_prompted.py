@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepmac.models.mask_branch import MaskBranch
+from deepmac.models.mask_branch import MaskBranch, box_centre_pixels
 from deepmac.models.pixel_normalization import PixelNormalization
 
 
@@ -85,7 +87,12 @@ class BoxPromptedDeepMAC(PixelNormalization, nn.Module):
         """``(stack index, (B, C, h, w) features)`` for every backbone output in training and
         for the last one in eval mode (the official model trains all stacks, infers with the
         last)."""
-        features = self.backbone(self.normalize(images))
+        images = self.normalize(images)
+        if self.training and images.device.type == "cpu":
+            # oneDNN runs this backbone's convolutions (forward and backward) faster on
+            # channels_last tensors; the layout then propagates through the network.
+            images = images.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(images)
         stacks = range(len(features)) if self.training else [len(features) - 1]
         return [(s, features[s]) for s in stacks]
 
@@ -97,6 +104,36 @@ class BoxPromptedDeepMAC(PixelNormalization, nn.Module):
             else None
         )
         return self.pixel_heads[stack](features), instance
+
+    def instance_embedding_at_boxes(
+        self,
+        stack: int,
+        features: Tensor,
+        boxes: Tensor,
+        batch_index: Tensor | None,
+        image_size: tuple[float, float],
+    ) -> Tensor | None:
+        """``(N, Ci)`` instance embedding at each box centre's pixel, or None without one.
+
+        Equal to ``sample_at_box_centres(embed(stack, features)[1], ...)``, but the instance
+        prediction net (3x3 conv, ReLU, 1x1 conv) runs only on the 3x3 feature patch around
+        each of the N centre pixels instead of on the whole map, of which the mask branch
+        reads N pixels: in training on 384 px that is a quarter of the backbone's cost saved.
+        """
+        if not self.mask_branch.use_instance_embedding:
+            return None
+        conv3, activation, conv1 = self.instance_heads[stack]
+        if batch_index is None:
+            batch_index = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
+        rows, cols = box_centre_pixels(boxes, tuple(features.shape[-2:]), image_size)
+        pad = conv3.padding[0]
+        taps = torch.arange(conv3.kernel_size[0], device=boxes.device)
+        rows, cols = rows[:, None] + taps, cols[:, None] + taps  # (N, k) in the padded map
+        padded = F.pad(features, (pad, pad, pad, pad))
+        # Advanced indices around a slice put their dims first: (N, k, k, C) -> (N, C, k, k).
+        patches = padded[batch_index[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        hidden = activation(F.conv2d(patches.permute(0, 3, 1, 2), conv3.weight, conv3.bias))
+        return conv1(hidden).flatten(1)  # (N, Ci)
 
     def embeddings(self, images: Tensor) -> list[tuple[Tensor, Tensor | None]]:
         """Pixel and instance embedding maps of every stack used (see ``stack_features``)."""
@@ -117,8 +154,11 @@ class BoxPromptedDeepMAC(PixelNormalization, nn.Module):
             ``BoxPromptedOutputs`` with ``(N, 1, S, S)`` logits per stack used.
         """
         image_size = tuple(images.shape[-2:])
-        logits = [
-            self.mask_branch(pixel, instance, boxes, batch_index, image_size)
-            for pixel, instance in self.embeddings(images)
-        ]
+        logits = []
+        for stack, features in self.stack_features(images):
+            pixel = self.pixel_heads[stack](features)
+            instance = self.instance_embedding_at_boxes(
+                stack, features, boxes, batch_index, image_size
+            )
+            logits.append(self.mask_branch(pixel, instance, boxes, batch_index, image_size))
         return BoxPromptedOutputs(mask_logits=logits)

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from deepmac.backbones import build_backbone
+from deepmac.backbones.fpn import freeze_stages
 from deepmac.config import ExperimentConfig, ModelConfig, config_from_dict
 from deepmac.mask_heads import fuse_for_inference
 from deepmac.models.box_prompted import BoxPromptedDeepMAC
@@ -103,6 +104,13 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.type == "deepmarc":
         return _build_deepmarc(cfg)
     backbone = build_backbone(cfg.backbone, init=cfg.backbone_init)
+    if cfg.freeze_at:
+        if not hasattr(backbone, "body"):
+            raise ValueError(
+                f"model.freeze_at={cfg.freeze_at} needs a trunk with stages (efficientnet_lite0, "
+                f"resnet*); backbone {cfg.backbone!r} has none: use model.freeze_at=0"
+            )
+        freeze_stages(backbone.body, cfg.freeze_at)
     mask_branch = MaskBranch(
         cfg.mask_head,
         pixel_embedding_dim=cfg.pixel_embedding_dim,

@@ -117,11 +117,14 @@ class DeepMAC(BoxPromptedDeepMAC):
                 crop_boxes = torch.cat([d.boxes for d in out.detections])
                 crop_index = torch.cat(
                     [
-                        torch.full((len(d.boxes),), b, dtype=torch.long)
+                        torch.full((len(d.boxes),), b, dtype=torch.long, device=d.boxes.device)
                         for b, d in enumerate(out.detections)
                     ]
-                ).to(images.device)
-            pixel, instance = self.embed(stack, features)
+                )
+            pixel = self.pixel_heads[stack](features)
+            instance = self.instance_embedding_at_boxes(
+                stack, features, crop_boxes, crop_index, image_size
+            )
             out.mask_logits.append(
                 self.mask_branch(pixel, instance, crop_boxes, crop_index, image_size)
             )

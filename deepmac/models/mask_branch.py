@@ -27,15 +27,35 @@ def coordinate_embedding(mask_size: int, *, dtype=torch.float32, device=None) ->
     return torch.stack([grid_y, grid_x])
 
 
-def sample_at_box_centres(
-    embedding: Tensor, boxes: Tensor, batch_index: Tensor, image_size: tuple[float, float]
-) -> Tensor:
-    """Read ``embedding`` at the pixel holding each box centre (nearest, no interpolation).
+def box_centre_pixels(
+    boxes: Tensor, map_size: tuple[int, int], image_size: tuple[float, float]
+) -> tuple[Tensor, Tensor]:
+    """Row and column ``(N,)`` int64 of the map pixel holding each box centre.
 
     The official code computes ``floor(centre / image_size * h)``: the centre is scaled by the
     map size ``h``, not ``h - 1`` as in the crop, and truncated. That is the pixel where the
     CenterNet heatmap peak of the box lies. We clamp to the map, where the official code would
     index out of range for a centre exactly on the far border.
+
+    Args:
+        boxes: ``(N, 4)`` xyxy in pixels of the ``image_size`` frame.
+        map_size: ``(h, w)`` of the map.
+        image_size: ``(H_img, W_img)`` the map covers.
+    """
+    h, w = map_size
+    img_h, img_w = image_size
+    centre_y = (boxes[:, 1] + boxes[:, 3]) * 0.5 / img_h * h
+    centre_x = (boxes[:, 0] + boxes[:, 2]) * 0.5 / img_w * w
+    rows = centre_y.floor().long().clamp(0, h - 1)
+    cols = centre_x.floor().long().clamp(0, w - 1)
+    return rows, cols
+
+
+def sample_at_box_centres(
+    embedding: Tensor, boxes: Tensor, batch_index: Tensor, image_size: tuple[float, float]
+) -> Tensor:
+    """Read ``embedding`` at the pixel holding each box centre (nearest, no interpolation;
+    see ``box_centre_pixels``).
 
     Args:
         embedding: ``(B, C, h, w)``.
@@ -46,12 +66,7 @@ def sample_at_box_centres(
     Returns:
         ``(N, C)``.
     """
-    h, w = embedding.shape[-2:]
-    img_h, img_w = image_size
-    centre_y = (boxes[:, 1] + boxes[:, 3]) * 0.5 / img_h * h
-    centre_x = (boxes[:, 0] + boxes[:, 2]) * 0.5 / img_w * w
-    rows = centre_y.floor().long().clamp(0, h - 1)
-    cols = centre_x.floor().long().clamp(0, w - 1)
+    rows, cols = box_centre_pixels(boxes, tuple(embedding.shape[-2:]), image_size)
     return embedding[batch_index, :, rows, cols]  # (N, C)
 
 
@@ -124,7 +139,11 @@ class MaskBranch(nn.Module):
                     f"instance_embedding must have {self.instance_embedding_dim} channels, "
                     f"got {found}"
                 )
-            centres = sample_at_box_centres(instance_embedding, boxes, batch_index, image_size)
+            centres = (
+                instance_embedding
+                if instance_embedding.dim() == 2
+                else sample_at_box_centres(instance_embedding, boxes, batch_index, image_size)
+            )
             parts.append(centres[:, :, None, None].expand(num, -1, size, size))
         return torch.cat(parts, dim=1)  # (N, C_in, S, S)
 
@@ -140,7 +159,8 @@ class MaskBranch(nn.Module):
 
         Args:
             pixel_embedding: ``(B, Cp, h, w)`` map.
-            instance_embedding: ``(B, Ci, h, w)`` map, or None when
+            instance_embedding: ``(B, Ci, h, w)`` map, ``(N, Ci)`` already read at the box
+                centres (``BoxPromptedDeepMAC.instance_embedding_at_boxes``), or None when
                 ``use_instance_embedding`` is off.
             boxes: ``(N, 4)`` float xyxy in pixels of the (padded) input image.
             batch_index: ``(N,)`` int64 image of each box (None when B == 1).
@@ -153,6 +173,9 @@ class MaskBranch(nn.Module):
             pixel_embedding, instance_embedding, boxes, batch_index, image_size
         )
         num = inputs.shape[0]
+        if self.training and inputs.device.type == "cpu":
+            # oneDNN trains the head's convolutions about 6% faster on channels_last crops.
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         if num == 0:
             # No boxes: skip the head (BatchNorm cannot normalise an empty batch); keep the
             # result attached to the embeddings so that a loss on it back-propagates.

@@ -105,8 +105,9 @@ def roi_align(
         sizes = sizes.clamp(min=1.0)
     bin_sizes = sizes / torch.tensor([out_w, out_h], dtype=sizes.dtype, device=sizes.device)
 
+    # The sample counts are CPU-side bookkeeping: they choose the Python loop's groups.
     if sampling_ratio > 0:
-        ratios = torch.full((boxes.shape[0], 2), sampling_ratio, dtype=torch.long)
+        ratios = torch.full((boxes.shape[0], 2), sampling_ratio, dtype=torch.long, device="cpu")
     else:
         ratios = torch.ceil(bin_sizes.detach().cpu()).long().clamp(min=1)  # (N, 2) as (w, h)
     out = features.new_zeros(boxes.shape[0], features.shape[1], out_h, out_w)

@@ -69,11 +69,12 @@ def encode_centernet_targets(
     stride: int = 4,
     min_overlap: float = 0.7,
 ) -> CenterNetTargets:
-    """Heatmap, size and offset targets of one image.
+    """Heatmap, size and offset targets of one image, on the device of ``boxes``.
 
     Args:
         boxes: ``(N, 4)`` float xyxy in input-image pixels.
-        labels: ``(N,)`` int64 contiguous class ids in ``[0, num_classes)``.
+        labels: ``(N,)`` int64 contiguous class ids in ``[0, num_classes)``, on the device of
+            ``boxes``.
         num_classes: ``K``.
         output_size: ``(h, w)`` of the output map.
         stride: input pixels per output pixel.
@@ -99,11 +100,12 @@ def encode_centernet_targets(
 
     radius = gaussian_radius(box_h, box_w, min_overlap)
     sigma = (2 * radius.floor().clamp(min=0) + 1) / 6  # (N,)
-    ys = torch.arange(h, dtype=torch.float32)[None, :, None]
-    xs = torch.arange(w, dtype=torch.float32)[None, None, :]
+    device = boxes.device
+    ys = torch.arange(h, dtype=torch.float32, device=device)[None, :, None]
+    xs = torch.arange(w, dtype=torch.float32, device=device)[None, None, :]
     distance = (ys - peak_y[:, None, None]) ** 2 + (xs - peak_x[:, None, None]) ** 2  # (N, h, w)
     gaussians = torch.exp(-distance / (2 * sigma[:, None, None] ** 2))
-    heatmap = torch.zeros(num_classes, h, w)
+    heatmap = torch.zeros(num_classes, h, w, device=device)
     for k in labels.unique().tolist():
         heatmap[k] = gaussians[labels == k].amax(dim=0)
     return CenterNetTargets(

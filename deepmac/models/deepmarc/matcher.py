@@ -126,6 +126,10 @@ class BalancedSampler:
         (neg,) = torch.nonzero(negative, as_tuple=True)
         num_pos = min(pos.numel(), int(self.num_samples * self.positive_fraction))
         num_neg = min(neg.numel(), self.num_samples - num_pos)
-        pos = pos[torch.randperm(pos.numel(), generator=generator)[:num_pos].to(pos.device)]
-        neg = neg[torch.randperm(neg.numel(), generator=generator)[:num_neg].to(neg.device)]
+        # Drawn on the CPU (the global RNG the engine checkpoints, or a CPU ``generator``), so a
+        # seed samples the same anchors and RoIs on every device.
+        order_pos = torch.randperm(pos.numel(), generator=generator, device="cpu")
+        order_neg = torch.randperm(neg.numel(), generator=generator, device="cpu")
+        pos = pos[order_pos[:num_pos].to(pos.device)]
+        neg = neg[order_neg[:num_neg].to(neg.device)]
         return pos, neg

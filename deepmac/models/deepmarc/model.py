@@ -30,6 +30,7 @@ from deepmac.models.centernet.decode import Detections
 from deepmac.models.deepmarc.mask_head import RoIMaskBranch, paste_roi_masks, roi_mask_targets
 from deepmac.models.deepmarc.roi_heads import RoIBoxHeads, SampledRoIs, flatten_boxes
 from deepmac.models.deepmarc.rpn import Proposals, RegionProposalNetwork
+from deepmac.models.instances import check_mask_head_instances, select_mask_instances
 from deepmac.models.losses import deepmac_mask_loss
 from deepmac.models.pixel_normalization import PixelNormalization
 
@@ -156,6 +157,7 @@ class DeepMARC(PixelNormalization, nn.Module):
         image_sizes: Sequence[tuple[int, int]] | None = None,
         *,
         max_mask_instances: int = 100,
+        mask_head_instances: str = "all",
     ) -> DeepMARCOutputs:
         """Losses (training) or detections with masks (eval mode).
 
@@ -167,7 +169,10 @@ class DeepMARC(PixelNormalization, nn.Module):
             image_sizes: unpadded ``(H, W)`` of each image (default: the padded size);
                 proposals and detections are clipped to it.
             max_mask_instances: ``"gt"`` mode: at most this many ground-truth boxes per image
-                go through the mask head (a random subset; official cap 100).
+                go through the mask head (a random subset, supervised ones first; official
+                cap 100).
+            mask_head_instances: ``"all"`` or ``"supervised"`` (only boxes or RoIs whose
+                instance has a mask go through the head; ``select_mask_instances``).
         """
         if images.dim() != 4:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
@@ -185,7 +190,9 @@ class DeepMARC(PixelNormalization, nn.Module):
         proposals, losses = self.rpn(features, image_sizes, gt_boxes)
         rois = self.roi_heads.sample(proposals, gt_boxes, [t["labels"] for t in targets])
         losses.update(self.roi_heads.losses(features, rois, gt_boxes))
-        mask_boxes = self.mask_training_boxes(targets, rois, max_mask_instances)
+        mask_boxes = self.mask_training_boxes(
+            targets, rois, max_mask_instances, mask_head_instances
+        )
         logits, losses["loss_mask"] = self._mask_loss(features, targets, mask_boxes)
         return DeepMARCOutputs(
             losses=losses, proposals=proposals, mask_logits=[logits], mask_boxes=mask_boxes
@@ -193,9 +200,14 @@ class DeepMARC(PixelNormalization, nn.Module):
 
     @torch.no_grad()
     def mask_training_boxes(
-        self, targets: Sequence[dict[str, Any]], rois: SampledRoIs, max_mask_instances: int
+        self,
+        targets: Sequence[dict[str, Any]],
+        rois: SampledRoIs,
+        max_mask_instances: int,
+        mask_head_instances: str = "all",
     ) -> MaskTrainingBoxes:
-        """The boxes the mask head trains on, per ``mask_train_boxes``."""
+        """The boxes the mask head trains on, per ``mask_train_boxes`` and
+        ``mask_head_instances``."""
         device = rois.boxes.device
         if self.mask_train_boxes == "proposals+gt":
             (fg,) = torch.nonzero(rois.foreground, as_tuple=True)
@@ -204,14 +216,15 @@ class DeepMARC(PixelNormalization, nn.Module):
             for image, target in enumerate(targets):
                 rows = index == image
                 has_mask[rows] = target["has_mask"].to(device)[gt_index[rows]]
+            if check_mask_head_instances(mask_head_instances) == "supervised":
+                fg, index, gt_index = fg[has_mask], index[has_mask], gt_index[has_mask]
+                has_mask = has_mask[has_mask]
             return MaskTrainingBoxes(rois.boxes[fg], index, gt_index, has_mask)
         boxes, index, gt_index, has_mask = [], [], [], []
         for image, target in enumerate(targets):
-            count = len(target["boxes"])
-            keep = torch.arange(count)
-            if count > max_mask_instances:
-                keep = torch.randperm(count)[:max_mask_instances].sort().values
-            keep = keep.to(device)
+            keep = select_mask_instances(
+                target["has_mask"].to(device), max_mask_instances, mask_head_instances
+            )
             boxes.append(target["boxes"].to(device).float()[keep])
             index.append(torch.full_like(keep, image))
             gt_index.append(keep)

@@ -199,7 +199,7 @@ class RegionProposalNetwork(nn.Module):
             matches, labels = self.matcher(box_iou(boxes, anchors))
             pos, neg = self.sampler(labels == POSITIVE, labels == NEGATIVE)
             sampled = torch.cat([pos, neg])
-            target = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(logits)
+            target = torch.cat([logits.new_ones(len(pos)), logits.new_zeros(len(neg))])
             cls_terms.append(
                 F.binary_cross_entropy_with_logits(logits[image, sampled], target, reduction="sum")
             )
