@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -96,11 +97,24 @@ def step_gflops(cfg, batches: int = 4) -> float:
     if cfg.model.type in ("deepmac", "deepmarc"):
         cfg.model.category_ids = list(datasets[0].category_ids)
     step = training_step(cfg)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops}
+    )
     with counter, torch.autocast("cpu", dtype=torch.bfloat16):
         for _, batch in zip(range(batches), loader, strict=False):
             sum(step(model, None, batch).values()).backward()
     return counter.get_total_flops() / 1e9 / batches
+
+
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, out_shape=None, **kwargs):
+    """FLOPs of a convolution's backward, grouped convolutions included: the input and the
+    weight gradient each cost what the forward costs (``2 * out elements * C_in / groups * k^2``
+    multiply-adds). ``torch.utils.flop_counter``'s own formula ignores ``groups`` for the
+    weight gradient and counts a depthwise convolution's as a dense one's (C times too many).
+    Non-transposed convolutions only (none of the models here has a transposed one)."""
+    output_mask = args[-1] if args else kwargs["output_mask"]
+    forward = 2 * math.prod(grad_out_shape) * math.prod(w_shape[1:])
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
 def compiled_head_comparison(threads: int, boxes: int = 16, repeats: int = 5) -> dict:

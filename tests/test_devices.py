@@ -56,10 +56,8 @@ def tiny_experiment(model_type: str) -> ExperimentConfig:
     """A model of ``model_type`` small enough for a unit test, on the demo sample's classes."""
     cfg = ExperimentConfig()
     cfg.data.image_size = SIZE
-    # Above the demo images' instance counts: over the cap, select_mask_instances draws its
-    # subset with torch.randperm on the CPU by design (see ALLOWED), which the meta trap cannot
-    # tell from a mistake.
-    cfg.data.max_instances = 100
+    # Below the demo images' instance counts, so that the trap also covers the capped draw.
+    cfg.data.max_instances = 2
     if model_type == "deepmarc":
         cfg.model = ModelConfig(
             type="deepmarc",

@@ -75,9 +75,15 @@ class Conv2dSame(nn.Conv2d):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads
-        if top or bottom or left or right:
+        if top == bottom and left == right:
+            # Symmetric (every stride-1 conv): the convolution pads itself, without a copy.
+            padding = (top, left)
+        else:
             x = F.pad(x, (left, right, top, bottom))
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+            padding = (0, 0)
+        return F.conv2d(
+            x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
+        )
 
 
 class MBConvBlock(nn.Module):
