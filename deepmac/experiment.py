@@ -23,6 +23,7 @@ from deepmac.data import (
 )
 from deepmac.data.coco import image_keys
 from deepmac.engine import build_warmup_cosine, resume_from, train
+from deepmac.engine.checkpoint import remove_run_files, remove_stale_temp_files
 from deepmac.engine.distributed import init_distributed, wrap_ddp
 from deepmac.engine.precision import amp_dtype
 from deepmac.evaluate import evaluate_model
@@ -65,7 +66,9 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
     share an image).
 
     Raises:
-        ValueError: a training set is left without images.
+        ValueError: a training set is left without images, or the sets hold nothing to learn
+            from: no instance at all, or (box-prompted model) no instance with a mask of a
+            mask-supervised class. Training on them would log a loss of 0 and exit 0.
     """
     held_out = evaluation_image_keys(cfg)
     datasets = []
@@ -95,6 +98,19 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
                 f"distinct from the evaluation split (set data.val_root / data.val_split)"
             )
         datasets.append(dataset)
+    names = ", ".join(f"{root}/{split}" for root, split in training_sets(cfg))
+    num_images = sum(len(d) for d in datasets)
+    if sum(d.num_instances for d in datasets) == 0:
+        raise ValueError(
+            f"training set(s) {names}: {num_images} image(s) and 0 annotations (non-crowd, "
+            f"with a box); expected annotated objects to learn from"
+        )
+    if cfg.model.type == "box_prompted" and sum(d.num_mask_instances for d in datasets) == 0:
+        raise ValueError(
+            f"training set(s) {names}: no annotation of the mask-supervised classes "
+            f"(data.mask_split={cfg.data.mask_split}) has a segmentation; expected masks to "
+            f"learn from (the box-prompted model learns only from masks)"
+        )
     return datasets
 
 
@@ -148,14 +164,24 @@ def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.opti
 
 
 def run_training(
-    cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train the model ``cfg`` describes; write ``out_dir/{last.pt,config.json,metrics.jsonl}``.
+
+    Stale temp files of interrupted writes in ``out_dir`` are removed first.
 
     Args:
         cfg: the experiment.
         out_dir: run folder.
         resume: continue from ``out_dir/last.pt`` (bit-for-bit on CPU).
+        overwrite: delete the run files ``out_dir`` holds once the model and data are built
+            (so a run refused by their checks leaves them as they were). Without it a new run
+            appends to an old ``metrics.jsonl``; ``deepmac train`` refuses such a folder.
 
     Returns:
         The engine's summary (final step, last losses, last eval metrics, elapsed seconds).
@@ -165,6 +191,9 @@ def run_training(
     if rank:
         # Rank 0 speaks for the run; other ranks report only problems.
         logging.getLogger("deepmac").setLevel(logging.WARNING)
+    else:
+        for stale in remove_stale_temp_files(out_dir):
+            logger.info("removed %s, left by an interrupted write", stale)
     device = training_device(cfg.train.device, local_rank)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)  # before the optimizer holds its parameters
@@ -241,6 +270,8 @@ def run_training(
             model.train()
             return {k: v for k, v in metrics.items() if "/mIoU" in k or k.endswith("/AP")}
 
+    if overwrite and not rank:
+        remove_run_files(out_dir)
     return train(
         model=model,
         criterion=None,

@@ -10,6 +10,8 @@ model's device; results come back on the CPU.
 
 from __future__ import annotations
 
+import math
+import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from deepmac.data.images import exif_orientation, to_rgb
 from deepmac.data.transforms import ResizePad
 from deepmac.engine.devices import module_device, resolve_device
 from deepmac.engine.precision import amp_dtype, autocast
@@ -25,22 +28,70 @@ from deepmac.structures.boxes import clip_boxes
 from deepmac.structures.masks import paste_masks_in_image
 
 
+def _check_pixel_range(pixels: Tensor, dtype: object) -> None:
+    """Refuse values that are not 0..255 RGB, above all 0..1-scaled floats: read as 0..255
+    they are a near-black image, and the masks would follow the boxes alone."""
+    if pixels.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(pixels.float()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"image ({dtype}) has non-finite values; expected RGB in 0..255")
+    if pixels.is_floating_point() and 0.0 < high <= 1.0 and low >= 0.0:
+        raise ValueError(
+            f"image ({dtype}) has values in {low:g}..{high:g}, which looks like a 0..1-scaled "
+            f"image; expected RGB in 0..255 (multiply by 255, or pass uint8)"
+        )
+    if low < 0.0 or high > 255.0:
+        raise ValueError(
+            f"image ({dtype}) has values in {low:g}..{high:g}; expected RGB in 0..255 "
+            f"(not normalised pixels; 16-bit data scaled to 8 bits)"
+        )
+
+
 def image_to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
-    """A PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` tensor to float ``(3, H, W)``
-    RGB in 0..255."""
+    """A PIL image, ``(H, W, 3)`` / ``(H, W)`` array or ``(3, H, W)`` tensor to float
+    ``(3, H, W)`` RGB in 0..255, on the device of a tensor input.
+
+    * PIL images are converted by mode as ``deepmac.data.images.to_rgb`` (16-bit scaled to 8
+      bits, alpha dropped) and used in their own pixel frame. An image that still carries an
+      EXIF orientation (``Image.open`` of a phone photo) is warned about: boxes drawn on the
+      displayed photo are in the other frame; open it with ``deepmac.data.images.open_image``
+      (or ``ImageOps.exif_transpose``) first.
+    * Arrays and tensors hold RGB values in 0..255, of any integer or float dtype. Refused, as
+      they would give wrong masks silently: non-finite values, values outside 0..255, and
+      floats in 0..1 (a maximum in (0, 1]): those are 0..1-scaled images; multiply by 255.
+
+    Raises:
+        ValueError: a shape, mode or value range other than the above (named in the message).
+        TypeError: not a PIL image, array or tensor.
+    """
     if isinstance(image, Image.Image):
-        image = np.array(image.convert("RGB"))  # a writable copy: torch wraps it without copying
+        orientation = exif_orientation(image)
+        if orientation != 1:
+            warnings.warn(
+                f"the PIL image has EXIF orientation {orientation}: its pixels are used as "
+                f"stored, not as displayed; open it with deepmac.data.images.open_image (or "
+                f"apply ImageOps.exif_transpose) if the boxes were drawn on the displayed image",
+                stacklevel=3,
+            )
+        image = np.array(to_rgb(image))  # a writable copy: torch wraps it without copying
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image array must be (H, W, 3) RGB, got shape {image.shape}")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-    if isinstance(image, Tensor):
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    elif isinstance(image, Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
-        return image.float()
-    raise TypeError(f"image must be a PIL image, numpy array or tensor, got {type(image).__name__}")
+        pixels = image
+    else:
+        raise TypeError(
+            f"image must be a PIL image, numpy array or tensor, got {type(image).__name__}"
+        )
+    if pixels.dtype != torch.uint8:
+        _check_pixel_range(pixels, image.dtype)
+    return pixels.float()
 
 
 def place_model(model: torch.nn.Module, device: str | torch.device | None) -> torch.nn.Module:
@@ -55,7 +106,7 @@ def check_prompt_boxes(boxes: Tensor | np.ndarray | list, image_size: tuple[int,
     """Validate user boxes and clip them to the image.
 
     Boxes that stick out of the image are clipped (documented behaviour); a box with no area
-    left inside the image, or with non-finite coordinates, is an error naming its index.
+    left inside the image, or with a NaN or infinite coordinate, is an error naming its index.
 
     Returns:
         ``(N, 4)`` float32 clipped xyxy boxes on the CPU (where the checks and their error
@@ -64,9 +115,16 @@ def check_prompt_boxes(boxes: Tensor | np.ndarray | list, image_size: tuple[int,
     boxes = torch.as_tensor(boxes, dtype=torch.float32, device="cpu")
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must be (N, 4) xyxy, got shape {tuple(boxes.shape)}")
-    bad = ~torch.isfinite(boxes).all(dim=1)
-    clipped = clip_boxes(boxes.nan_to_num(0.0), image_size)
-    bad |= (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    nonfinite = ~torch.isfinite(boxes).all(dim=1)
+    if nonfinite.any():
+        # Clipping would turn inf into the image edge and NaN into nothing: refused instead.
+        index = torch.nonzero(nonfinite)[:5, 0].tolist()
+        raise ValueError(
+            f"{int(nonfinite.sum())} box(es) have non-finite coordinates (indices {index}, "
+            f"first {boxes[index[0]].tolist()}); expected finite xyxy pixels"
+        )
+    clipped = clip_boxes(boxes, image_size)
+    bad = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
     if bad.any():
         index = torch.nonzero(bad)[:5, 0].tolist()
         raise ValueError(

@@ -163,10 +163,11 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         CocoInstances(tmp_path, image_dir=tmp_path / "nope", ann_file=path)
     (tmp_path / "train2017" / "a.png").unlink()
-    ds = CocoInstances(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"train2017/a.png"):
-        ds[0]
+    # Missing image files are found when the dataset opens, not when an item is drawn.
+    with pytest.raises(FileNotFoundError, match=r"1 of 1 image file\(s\) not found .*a.png"):
+        CocoInstances(tmp_path)
     (tmp_path / "train2017" / "a.png").write_bytes(b"not an image")
+    ds = CocoInstances(tmp_path)
     with pytest.raises(ValueError, match=r"cannot decode image file .*a.png"):
         ds[0]
     Image.new("RGB", (31, 20)).save(tmp_path / "train2017" / "a.png")

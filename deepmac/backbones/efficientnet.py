@@ -81,9 +81,7 @@ class Conv2dSame(nn.Conv2d):
         else:
             x = F.pad(x, (left, right, top, bottom))
             padding = (0, 0)
-        return F.conv2d(
-            x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
-        )
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 class MBConvBlock(nn.Module):

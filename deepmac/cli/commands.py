@@ -5,15 +5,54 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+from deepmac.cli.errors import UsageError
+from deepmac.cli.paths import check_output_file, check_output_folder
 from deepmac.cli.report import print_metrics, write_json_atomic
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Config keys a resumed run may not change: the weights and optimizer state of the
+#: checkpoint would not fit (``model.backbone_init`` is overwritten by the checkpoint anyway).
+_RESUME_FIXED = ("model.", "train.optimizer")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """``{"model.mask_head": ..., ...}`` of a nested config dict."""
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_resume_overrides(saved: dict, resumed: dict, out: Path) -> None:
+    """Refuse overrides that change what the checkpoint's weights were trained as; log the
+    others (a resumed run with them is no longer bit-identical to an uninterrupted one)."""
+    before, after = _flatten(saved), _flatten(resumed)
+    changed = [k for k in after if after[k] != before.get(k) and k != "model.backbone_init"]
+    fixed = [k for k in changed if k.startswith(_RESUME_FIXED)]
+    if fixed:
+        shown = ", ".join(f"{k}: run {before.get(k)!r}, given {after[k]!r}" for k in fixed[:3])
+        raise UsageError(
+            f"--resume: the overrides change what {out / 'last.pt'} was trained as ({shown}); "
+            f"expected only training settings such as train.steps; start a new run with "
+            f"another --out, or --overwrite this one"
+        )
+    others = [k for k in changed if k != "train.steps"]
+    if others:
+        logger.warning("--resume with changed settings: %s", ", ".join(others))
 
 
 def run_train(args: argparse.Namespace) -> int:
     from deepmac.config import apply_overrides, load_config
+    from deepmac.engine.checkpoint import existing_run_files
     from deepmac.engine.distributed import cleanup, is_main_process
     from deepmac.experiment import run_training, training_sets
     from deepmac.presets import describe_presets, get_preset
@@ -22,13 +61,20 @@ def run_train(args: argparse.Namespace) -> int:
         print(describe_presets())
         return 0
     if args.preset is None:
-        raise ValueError("train needs a PRESET (see deepmac train --list)")
-    out = Path(args.out or f"runs/{args.preset}")
+        raise UsageError("train needs a PRESET (see deepmac train --list)")
+    out = check_output_folder(args.out or f"runs/{args.preset}", "--out")
+    existing = existing_run_files(out)
     if args.resume:
         if not (out / "last.pt").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {out / 'last.pt'}")
         cfg = load_config(out / "config.json")  # the run's own config, not the preset's
+        saved = cfg.to_dict()
     else:
+        if existing and not args.overwrite:
+            raise UsageError(
+                f"--out {out} already holds a run ({', '.join(existing)}); expected an empty "
+                f"or new folder: pass --resume to continue that run, or --overwrite to replace it"
+            )
         cfg = get_preset(args.preset)
     if args.data_root:
         cfg.data.roots = [str(Path(r)) for r in args.data_root]
@@ -39,6 +85,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.device is not None:
         cfg.train.device = args.device
     apply_overrides(cfg, args.overrides)
+    if args.resume:
+        _check_resume_overrides(saved, cfg.to_dict(), out)
     for root, _ in training_sets(cfg) if cfg.data.roots else []:
         if not (root / "annotations").is_dir():
             raise FileNotFoundError(
@@ -46,7 +94,13 @@ def run_train(args: argparse.Namespace) -> int:
                 f"annotations/instances_<split>.json + <split>/ images"
             )
     try:
-        summary = run_training(cfg, out, resume=args.resume, progress=not args.no_progress)
+        summary = run_training(
+            cfg,
+            out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
         main = is_main_process()
     finally:
         cleanup()  # torchrun: leave the process group cleanly, also after an error
@@ -71,6 +125,30 @@ def _load_any_checkpoint(path: str) -> dict:
     return ckpt
 
 
+def _from_checkpoint(build: Callable[..., T], ckpt: dict, path: str, **kwargs: Any) -> T:
+    """``build(ckpt, **kwargs)`` (a predictor's ``from_checkpoint``, ``model_from_checkpoint``),
+    with a one-line ``CheckpointError`` when the weights do not fit the model of the config
+    saved beside them (torch's own error lists every tensor)."""
+    try:
+        return build(ckpt, **kwargs)
+    except RuntimeError:
+        from deepmac.config import config_from_dict
+        from deepmac.engine.checkpoint import CheckpointError, state_mismatch
+        from deepmac.models.build import build_model
+
+        # Only on failure: the model is built once more, to say what does not fit.
+        cfg = config_from_dict(ckpt["config"])
+        cfg.model.backbone_init = None
+        problem = state_mismatch(build_model(cfg.model).state_dict(), ckpt["model"])
+        if problem is None:
+            raise
+        raise CheckpointError(
+            f"the weights in {path} do not fit the model its config describes "
+            f"(model.type={cfg.model.type!r}, model.backbone={cfg.model.backbone!r}, "
+            f"model.mask_head={cfg.model.mask_head!r}): {problem}"
+        ) from None
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from deepmac.config import config_from_dict
     from deepmac.data import CocoInstances
@@ -81,6 +159,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from deepmac.predictor import PROMPTABLE_MODEL_TYPES, BoxPromptedSegmenter
 
     device = resolve_device(args.device)  # before the (slow) checkpoint and dataset loads
+    if args.out:
+        check_output_file(args.out, "--out")
     ckpt = _load_any_checkpoint(args.checkpoint)
     cfg = config_from_dict(ckpt["config"])
     root = Path(args.data_root) if args.data_root else eval_root(cfg)
@@ -88,18 +168,22 @@ def run_eval(args: argparse.Namespace) -> int:
     options = dict(max_images=args.max_images, progress=not args.no_progress)
     start = time.perf_counter()
     if args.gt_boxes and ckpt["model_type"] not in PROMPTABLE_MODEL_TYPES:
-        raise ValueError(
+        raise UsageError(
             f"--gt-boxes needs a model that takes box prompts "
             f"({', '.join(PROMPTABLE_MODEL_TYPES)}); {args.checkpoint} holds a "
             f"{ckpt['model_type']!r} model"
         )
     if ckpt["model_type"] in DETECTOR_MODEL_TYPES and not args.gt_boxes:
-        predictor = DeepMACPredictor.from_checkpoint(ckpt, device=device, amp=args.amp)
+        predictor = _from_checkpoint(
+            DeepMACPredictor.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
+        )
         metrics, _ = evaluate_deepmac(predictor, dataset, **options)
         shown = {k: v for k, v in metrics.items() if k.endswith(("/AP", "/AP50", "/AP75"))}
         title = f"{args.checkpoint} on {root.name}/{args.split} (detected boxes):"
     else:
-        segmenter = BoxPromptedSegmenter.from_checkpoint(ckpt, device=device, amp=args.amp)
+        segmenter = _from_checkpoint(
+            BoxPromptedSegmenter.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
+        )
         metrics, _ = evaluate_box_prompted(segmenter, dataset, **options)
         shown = {k: v for k, v in metrics.items() if k.endswith(("/mIoU", "/mIoU_class", "/AP"))}
         title = f"{args.checkpoint} on {root.name}/{args.split} (ground-truth boxes):"
@@ -112,56 +196,52 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collect_images(paths: list[str]) -> list[Path]:
-    suffixes = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in suffixes)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"--images: {p} is neither a file nor a folder")
-    if not files:
-        raise ValueError(f"--images {' '.join(paths)}: no image files found")
-    return files
-
-
-def _read_image(path: Path):
-    from PIL import Image
-
-    try:
-        return Image.open(path).convert("RGB")
-    except OSError as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
-
-
 def _image_id(path: Path, index: int) -> int:
     """COCO files are named by their id (000000000139.jpg); other files get their rank."""
     return int(path.stem) if path.stem.isdigit() else index
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from deepmac.cli.image_files import collect_images
+    from deepmac.data.images import check_frame, open_image, read_image
     from deepmac.engine.devices import resolve_device
     from deepmac.evaluation import instances_to_coco_results, write_coco_results
     from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
     from deepmac.predictor import BoxPromptedSegmenter
     from deepmac.visualization import draw_instances
 
+    # Everything that can be checked is, before the first image: results are written last.
     device = resolve_device(args.device)
-    images = _collect_images(args.images)
+    check_output_file(args.out, "--out")
+    viz = check_output_folder(args.viz, "--viz") if args.viz else None
+    sizes = collect_images(args.images)
+    images = list(sizes)
     ckpt = _load_any_checkpoint(args.checkpoint)
-    viz = Path(args.viz) if args.viz else None
+    if args.boxes is None and ckpt["model_type"] not in DETECTOR_MODEL_TYPES:
+        raise UsageError("a box-prompted model needs --boxes (COCO instances or results JSON)")
+    prompts = None
+    if args.boxes is not None:
+        from deepmac.prompts import load_box_prompts, warn_if_xyxy
+
+        prompts = load_box_prompts(args.boxes, [p.name for p in images])
+        frames = {p.name: sizes[p] for p in images}
+        for name, prompt in prompts.items():
+            if prompt.frame is not None:
+                check_frame(prompt.frame, *frames[name], name, str(args.boxes))
+        drawn_on = {n: p.frame or frames[n][0] for n, p in prompts.items()}
+        warn_if_xyxy(prompts, drawn_on, args.boxes)
     if viz is not None:
         viz.mkdir(parents=True, exist_ok=True)
     results, num_boxes, start = [], 0, time.perf_counter()
-    if args.boxes is None:
-        if ckpt["model_type"] not in DETECTOR_MODEL_TYPES:
-            raise ValueError("a box-prompted model needs --boxes (COCO instances or results JSON)")
-        predictor = DeepMACPredictor.from_checkpoint(ckpt, device=device, amp=args.amp)
+    if prompts is None:
+        predictor = _from_checkpoint(
+            DeepMACPredictor.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
+        )
         predictor.score_threshold = args.score_threshold
         for index, path in enumerate(images):
-            image = _read_image(path)
+            image = open_image(path)  # as displayed (EXIF orientation applied)
             inst = predictor.predict(image)
             num_boxes += len(inst.boxes)
             results += instances_to_coco_results(
@@ -173,17 +253,18 @@ def run_predict(args: argparse.Namespace) -> int:
                 ]
                 draw_instances(image, inst.masks, inst.boxes, labels).save(viz / f"{path.stem}.png")
     else:
-        from deepmac.prompts import load_box_prompts
-
-        prompts = load_box_prompts(args.boxes, [p.name for p in images])
         # Any model with a mask branch takes box prompts, Deep-MAC included.
-        segmenter = BoxPromptedSegmenter.from_checkpoint(ckpt, device=device, amp=args.amp)
+        segmenter = _from_checkpoint(
+            BoxPromptedSegmenter.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
+        )
         for path in images:
             prompt = prompts.get(path.name)
             if prompt is None:
                 logger.warning("%s: no boxes in %s, skipped", path.name, args.boxes)
                 continue
-            image = _read_image(path)
+            # The frame the boxes were drawn in: an instances JSON's width and height pick it
+            # as for a dataset; otherwise the image as displayed.
+            image = Image.fromarray(read_image(path, frame=prompt.frame, source=str(args.boxes)))
             prompt = prompt.valid(image.height, image.width, source=str(args.boxes))
             if len(prompt.boxes) == 0:
                 continue
@@ -210,8 +291,11 @@ def run_export(args: argparse.Namespace) -> int:
     from deepmac.export import check_onnx_parity, export_onnx
     from deepmac.models.build import MODEL_TYPES, model_from_checkpoint
 
+    check_output_file(args.onnx, "--onnx")
     ckpt = _load_any_checkpoint(args.checkpoint)
-    model, cfg = model_from_checkpoint(ckpt, model_types=MODEL_TYPES)
+    model, cfg = _from_checkpoint(
+        model_from_checkpoint, ckpt, args.checkpoint, model_types=MODEL_TYPES
+    )
     model_type = "box_prompted" if args.prompt else cfg.model.type
     metadata = {
         "model_type": model_type,

@@ -7,6 +7,7 @@ filled-box baseline (the box itself used as the mask), which any useful model mu
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from deepmac.cli.errors import UsageError
+from deepmac.cli.paths import check_output_folder
 from deepmac.cli.report import print_metrics, write_json_atomic
 from deepmac.data import CocoInstances, demo_data_root
 from deepmac.data.class_splits import NONVOC_CATEGORY_IDS
@@ -23,6 +26,10 @@ from deepmac.structures.masks import paste_masks_in_image
 from deepmac.visualization import draw_instances
 
 logger = logging.getLogger(__name__)
+
+#: The ``name`` in a demo run's config.json: how a later demo knows the folder is its own to
+#: replace (a ``deepmac train box_prompted_demo`` run is named after the preset).
+DEMO_RUN_NAME = "deepmac_demo"
 
 
 def filled_box_miou(dataset: CocoInstances, mask_size: int = 32) -> dict[str, float]:
@@ -37,8 +44,23 @@ def filled_box_miou(dataset: CocoInstances, mask_size: int = 32) -> dict[str, fl
     return miou.evaluate()
 
 
+def _holds_other_run(out_dir: Path) -> list[str]:
+    """The run files of ``out_dir`` when they belong to a run other than a demo."""
+    from deepmac.engine.checkpoint import existing_run_files
+
+    existing = existing_run_files(out_dir)
+    try:
+        saved = json.loads((out_dir / "config.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    return existing if existing and saved != DEMO_RUN_NAME else []
+
+
 def run_demo(out_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> dict:
-    """Train, evaluate and draw; returns the metrics written to ``out_dir/metrics.json``."""
+    """Train, evaluate and draw; returns the metrics written to ``out_dir/metrics.json``.
+
+    An earlier demo in ``out_dir`` is replaced; a folder holding another run is refused.
+    """
     from deepmac.backbones import efficientnet_lite0_weights_path
     from deepmac.evaluate import evaluate_box_prompted
     from deepmac.experiment import run_training
@@ -46,8 +68,15 @@ def run_demo(out_dir: str | Path, *, steps: int | None = None, progress: bool = 
     from deepmac.presets import get_preset
 
     start = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = check_output_folder(out_dir, "--out")
     cfg = get_preset("box_prompted_demo")
+    cfg.name = DEMO_RUN_NAME
+    other = _holds_other_run(out_dir)
+    if other:
+        raise UsageError(
+            f"--out {out_dir} holds a run that is not a demo ({', '.join(other)}); expected a "
+            f"new folder, or one of an earlier demo (which is replaced)"
+        )
     if steps is not None:
         cfg.train.steps = steps
     if efficientnet_lite0_weights_path() is not None:
@@ -63,7 +92,7 @@ def run_demo(out_dir: str | Path, *, steps: int | None = None, progress: bool = 
         f"training box-prompted Deep-MAC ({cfg.model.backbone} + {cfg.model.mask_head} head) for "
         f"{cfg.train.steps} steps on the 16 images of {root}, masks for VOC classes only"
     )
-    summary = run_training(cfg, out_dir, progress=progress)
+    summary = run_training(cfg, out_dir, overwrite=True, progress=progress)
     train_seconds = time.perf_counter() - start
 
     segmenter = BoxPromptedSegmenter.from_checkpoint(out_dir / "last.pt")

@@ -11,6 +11,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from deepmac.cli.arguments import float_in, int_at_least
+from deepmac.cli.errors import UsageError
+
 EXAMPLES = """\
 examples:
   deepmac demo --out runs/demo
@@ -35,7 +38,9 @@ def _add_demo(subparsers) -> None:
         "filled-box baseline, overlays of non-VOC instances.",
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    parser.add_argument(
+        "--steps", type=int_at_least(1), help="training steps (default: the preset's)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_demo)
 
@@ -66,14 +71,27 @@ def _add_train(subparsers) -> None:
         "default: the embedded demo sample",
     )
     parser.add_argument("--out", help="run folder (default runs/PRESET)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (overrides train.steps)")
+    parser.add_argument(
+        "--steps", type=int_at_least(1), help="optimizer steps (overrides train.steps)"
+    )
     parser.add_argument("--init", help="backbone weights file, or 'imagenet' (optional package)")
     parser.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
         help="training device (overrides train.device; default auto: cuda when available)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT exactly (its config; overrides may not change the model)",
+    )
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUT holds (without it, or --resume, a folder holding a run is "
+        "refused)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_lazy("run_train"))
 
@@ -114,7 +132,7 @@ def _add_eval(subparsers) -> None:
     )
     parser.add_argument("--data-root", help="COCO-style root (default: the run's eval root)")
     parser.add_argument("--split", default="val2017", help="default val2017")
-    parser.add_argument("--max-images", type=int, default=0, help="0 = all")
+    parser.add_argument("--max-images", type=int_at_least(0), default=0, help="0 = all")
     _add_inference_device(parser)
     parser.add_argument("--out", help="write the metrics as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -127,7 +145,10 @@ def _add_predict(subparsers) -> None:
         help="masks for images: from box prompts, or detected by Deep-MAC",
         description="Masks for images, written as a COCO results JSON with RLE masks. With "
         "--boxes (a COCO instances JSON or detection-results JSON, any category) the boxes "
-        "prompt the masks; a Deep-MAC checkpoint without --boxes detects and segments.",
+        "prompt the masks; a Deep-MAC checkpoint without --boxes detects and segments. Images "
+        "are read as displayed (EXIF orientation applied), or in the frame whose size an "
+        "instances JSON gives them; folder entries that are not readable images are skipped "
+        "with one warning.",
     )
     parser.add_argument("checkpoint", help="OUT/last.pt of a training run")
     parser.add_argument("--images", nargs="+", required=True, help="image files or folders")
@@ -138,7 +159,7 @@ def _add_predict(subparsers) -> None:
     )
     parser.add_argument(
         "--score-threshold",
-        type=float,
+        type=float_in(0.0, 1.0),
         default=0.3,
         help="Deep-MAC detections below this score are dropped (default 0.3)",
     )
@@ -175,10 +196,13 @@ def _add_export(subparsers) -> None:
         action="store_true",
         help="export the box-prompted graph of a Deep-MAC checkpoint (boxes in)",
     )
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    # torch.onnx's dynamo exporter, which export uses, writes opset 18 and later.
+    parser.add_argument(
+        "--opset", type=int_at_least(18), default=18, help="ONNX opset, >= 18 (default 18)"
+    )
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     parser.add_argument(
-        "--tolerance", type=float, default=1e-4, help="max probability difference (1e-4)"
+        "--tolerance", type=float_in(0.0), default=1e-4, help="max probability difference (1e-4)"
     )
     parser.set_defaults(handler=_lazy("run_export"))
 
@@ -189,9 +213,12 @@ def _add_heads(subparsers) -> None:
         help="list the mask heads of the registry",
         description="Print every mask head: depth, parameters and the paper table that uses it.",
     )
-    parser.add_argument("--in-channels", type=int, default=50, help="input channels (default 50)")
-    parser.add_argument("--num-init-channels", type=int, default=64, help="default 64")
-    parser.add_argument("--mask-size", type=int, default=32, help="crop side S (default 32)")
+    positive = int_at_least(1)
+    parser.add_argument(
+        "--in-channels", type=positive, default=50, help="input channels (default 50)"
+    )
+    parser.add_argument("--num-init-channels", type=positive, default=64, help="default 64")
+    parser.add_argument("--mask-size", type=positive, default=32, help="crop side S (default 32)")
     parser.set_defaults(handler=_run_heads)
 
 
@@ -216,9 +243,12 @@ def _add_score(subparsers) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
+    from deepmac.cli.paths import check_output_file
     from deepmac.cli.report import print_metrics, write_json_atomic
     from deepmac.evaluation import evaluate_coco
 
+    if args.out:
+        check_output_file(args.out, "--out")
     metrics = evaluate_coco(args.gt, args.results)
     print_metrics(metrics)
     if args.out:
@@ -251,10 +281,12 @@ def _add_convert_tf(subparsers) -> None:
     parser.add_argument(
         "--mask-head", help="Deep-MAC mask head name (default: the one the weights fit)"
     )
-    parser.add_argument("--mask-size", type=int, default=32, help="mask crop side (default 32)")
+    parser.add_argument(
+        "--mask-size", type=int_at_least(1), default=32, help="mask crop side (default 32)"
+    )
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=int_at_least(1),
         default=1024,
         help="input side the model runs at (default 1024, as deepmac_1024x1024_coco17)",
     )
@@ -277,7 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        "--debug",
+        dest="verbose",
+        action="store_true",
+        help="debug logging, and a traceback with an error",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (
         _add_demo,
@@ -290,6 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
         _add_score,
     ):
         add(subparsers)
+    for command in subparsers.choices.values():
+        # Also after the command (deepmac score ... --debug); SUPPRESS keeps the top-level value.
+        command.add_argument(
+            "-v",
+            "--verbose",
+            "--debug",
+            dest="verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="debug logging, and a traceback with an error",
+        )
     return parser
 
 
@@ -313,12 +363,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        # User errors (bad files, bad arguments) end with one clear line, not a traceback.
+    except _EXPECTED_ERRORS as err:
+        # Expected failures (bad arguments, files, data; a full disk) end with one line, not a
+        # traceback; -v / --debug shows it. Anything else is a bug and keeps its traceback.
         if args.verbose:
             raise
-        print(f"deepmac {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        status = 2 if isinstance(err, UsageError) else 1
+        # A RuntimeError comes from deep down (torch, the training loop): say where to look.
+        hint = " (rerun with --debug for the traceback)" if isinstance(err, RuntimeError) else ""
+        print(f"deepmac {args.command}: error: {_one_line(err)}{hint}", file=sys.stderr)
+        return status
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        # Checkpoints and results are written atomically: what was saved before is intact.
+        print(f"deepmac {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+#: What ``main`` reports in one line: ``UsageError`` (exit 2); data and file errors
+#: (``ValueError`` incl. ``CheckpointError``, ``OSError`` incl. missing files and a full disk,
+#: ``TypeError``), a missing optional package (``ImportError``) and the training loop's
+#: ``RuntimeError`` (non-finite loss, empty loader) (exit 1).
+_EXPECTED_ERRORS = (ValueError, OSError, TypeError, ImportError, RuntimeError)
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (some library messages span several)."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ This is the only place where COCO ``xywh`` boxes and COCO ``category_id`` enter 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -15,11 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from deepmac.data.class_splits import resolve_split
+from deepmac.data.coco_fields import entry_where, int_field, object_entry, text_field
+from deepmac.data.coco_rle import check_rle
+from deepmac.data.images import read_image
 from deepmac.structures.boxes import box_xywh_to_xyxy
 
 __all__ = ["CocoInstances", "Target", "Transform", "image_key", "image_keys", "load_coco_json"]
@@ -96,6 +99,7 @@ def _check_segmentation(seg: Any, ann: dict[str, Any], image: dict[str, Any], wh
                 f"{where}: annotation id {ann.get('id')} has an RLE of size {list(seg['size'])}, "
                 f"expected [height, width] = {expected} of image id {image['id']}"
             )
+        check_rle(seg, where)  # runs that do not add up would decode to stray memory
         return True
     raise ValueError(
         f"{where}: annotation id {ann.get('id')} has a segmentation of unknown form; expected a "
@@ -137,17 +141,25 @@ def image_keys(ann_file: str | Path) -> set[tuple[str, int, int]]:
 
 
 def _index_images(images: list[Any], where: str) -> dict[int, dict[str, Any]]:
-    """``image id -> {id, file_name, height, width, anns: []}``, checking required keys."""
+    """``image id -> {id, file_name, height, width, anns: []}``, checking keys and types."""
+    if not isinstance(images, list):
+        raise ValueError(f"{where}: 'images' must be a list, found {type(images).__name__}")
     index: dict[int, dict[str, Any]] = {}
-    for img in images:
-        missing = [k for k in _IMAGE_KEYS if not isinstance(img, dict) or k not in img]
+    for k, img in enumerate(images):
+        entry = entry_where(where, "images", k)
+        object_entry(img, entry)
+        missing = [key for key in _IMAGE_KEYS if key not in img]
         if missing:
-            raise ValueError(
-                f"{where}: image entry {img!r} lacks keys {missing}; expected {list(_IMAGE_KEYS)}"
-            )
-        if img["id"] in index:
-            raise ValueError(f"{where}: image id {img['id']} appears twice in 'images'")
-        index[img["id"]] = {k: img[k] for k in _IMAGE_KEYS} | {"anns": []}
+            raise ValueError(f"{entry} lacks keys {missing}; expected {list(_IMAGE_KEYS)}")
+        record = {
+            "id": int_field(img, "id", entry),
+            "file_name": text_field(img, "file_name", entry),
+            "height": int_field(img, "height", entry, minimum=1),
+            "width": int_field(img, "width", entry, minimum=1),
+        }
+        if record["id"] in index:
+            raise ValueError(f"{entry}: image id {record['id']} appears twice in 'images'")
+        index[record["id"]] = record | {"anns": []}
     return index
 
 
@@ -202,10 +214,14 @@ class CocoInstances(Dataset):
         contiguous_to_category_id / category_id_to_contiguous: the two id mappings.
         mask_category_ids: COCO ids of the mask-supervised classes.
         num_dropped_boxes: how many degenerate annotations were dropped.
+        num_instances: non-crowd instances kept; num_mask_instances: those of them with a
+            segmentation of a mask-supervised class (what a mask head learns from).
 
     Raises:
-        FileNotFoundError: missing annotation file or image folder.
-        ValueError: malformed JSON or annotations (unknown image/category id, bad polygon, ...).
+        FileNotFoundError: missing annotation file, image folder or image file (all checked
+            here, before any image is decoded).
+        ValueError: malformed JSON or annotations (unknown image/category id, bad polygon, a
+            field of the wrong type, ...), naming the entry and the field.
     """
 
     def __init__(
@@ -249,19 +265,50 @@ class CocoInstances(Dataset):
         ]
         if exclude:
             records = [r for r in records if image_key(r) not in exclude]
+        self._check_image_files(records)
         self.image_ids: list[int] = [r["id"] for r in records]
+        anns = [a for r in records for a in r["anns"] if not a["iscrowd"]]
+        mask_labels = {label for label, m in enumerate(self.class_has_mask.tolist()) if m}
+        self.num_instances = len(anns)
+        self.num_mask_instances = sum(
+            a["segmentation"] is not None and a["label"] in mask_labels for a in anns
+        )
         self._records = _PackedRecords(records)
 
     # ------------------------------------------------------------------ parsing
+    def _check_image_files(self, records: list[dict[str, Any]]) -> None:
+        """Every image file exists, checked now rather than at the step that first draws it
+        (after hours of training, maybe after a checkpoint). One directory listing, not one
+        ``stat`` per image: COCO train2017 has 118k files."""
+        with os.scandir(self.image_dir) as entries:
+            listed = {e.name for e in entries if e.is_file()}
+        missing = [
+            r["file_name"]
+            for r in records
+            if r["file_name"] not in listed and not (self.image_dir / r["file_name"]).is_file()
+        ]
+        if missing:
+            shown = ", ".join(str(self.image_dir / name) for name in missing[:5])
+            raise FileNotFoundError(
+                f"{self.ann_file}: {len(missing)} of {len(records)} image file(s) not found "
+                f"(first: {shown}); expected every image of the annotation file in "
+                f"{self.image_dir}"
+            )
+
     def _init_categories(self, categories: list[dict[str, Any]]) -> None:
         where = str(self.ann_file)
+        if not isinstance(categories, list):
+            raise ValueError(
+                f"{where}: 'categories' must be a list, found {type(categories).__name__}"
+            )
         ids: dict[int, str] = {}
-        for cat in categories:
-            if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-                raise ValueError(f"{where}: each category needs 'id' and 'name', found {cat!r}")
-            if int(cat["id"]) in ids:
-                raise ValueError(f"{where}: category id {cat['id']} is defined twice")
-            ids[int(cat["id"])] = str(cat["name"])
+        for k, cat in enumerate(categories):
+            entry = entry_where(where, "categories", k)
+            category_id = int_field(object_entry(cat, entry), "id", entry)
+            name = text_field(cat, "name", entry)
+            if category_id in ids:
+                raise ValueError(f"{entry}: category id {category_id} is defined twice")
+            ids[category_id] = name
         if not ids:
             raise ValueError(f"{where}: 'categories' is empty; expected at least one category")
         self.category_ids: tuple[int, ...] = tuple(sorted(ids))
@@ -274,7 +321,13 @@ class CocoInstances(Dataset):
     def _build_records(self, data: dict[str, Any], skip_empty: bool) -> list[dict[str, Any]]:
         where = str(self.ann_file)
         images = _index_images(data["images"], where)
-        anns = [self._check_annotation(ann, images, where) for ann in data["annotations"]]
+        if not isinstance(data["annotations"], list):
+            found = type(data["annotations"]).__name__
+            raise ValueError(f"{where}: 'annotations' must be a list, found {found}")
+        anns = [
+            self._check_annotation(ann, images, entry_where(where, "annotations", k))
+            for k, ann in enumerate(data["annotations"])
+        ]
         # One vectorised pass: COCO xywh -> xyxy, clipped to each annotation's image.
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4)
         boxes = box_xywh_to_xyxy(xywh)
@@ -309,19 +362,21 @@ class CocoInstances(Dataset):
     def _check_annotation(
         self, ann: Any, images: dict[int, dict[str, Any]], where: str
     ) -> dict[str, Any]:
-        """Validate one annotation; returns the fields kept, with ``has_seg`` added."""
-        if not isinstance(ann, dict):
-            raise ValueError(f"{where}: each annotation must be an object, found {ann!r}")
-        image = images.get(ann.get("image_id", -1))
+        """Validate one annotation (``where`` names its file and index); returns the fields
+        kept, with ``has_seg`` added."""
+        object_entry(ann, where)
+        image_id = int_field(ann, "image_id", where)
+        image = images.get(image_id)
         if image is None:
             raise ValueError(
                 f"{where}: annotation id {ann.get('id')} points to image id "
-                f"{ann.get('image_id')}, which is not in 'images'"
+                f"{image_id}, which is not in 'images'"
             )
-        if ann.get("category_id") not in self.category_id_to_contiguous:
+        category_id = int_field(ann, "category_id", where)
+        if category_id not in self.category_id_to_contiguous:
             raise ValueError(
                 f"{where}: annotation id {ann.get('id')} has category id "
-                f"{ann.get('category_id')}, expected one of the ids in 'categories' "
+                f"{category_id}, expected one of the ids in 'categories' "
                 f"{list(self.category_ids)}"
             )
         bbox = ann.get("bbox")
@@ -335,8 +390,8 @@ class CocoInstances(Dataset):
                 f"found {ann.get('bbox')!r}"
             ) from None
         return {
-            "image_id": ann["image_id"],
-            "category_id": ann["category_id"],
+            "image_id": image_id,
+            "category_id": category_id,
             "iscrowd": ann.get("iscrowd", 0),
             "bbox": bbox,
             "segmentation": ann.get("segmentation"),
@@ -370,33 +425,25 @@ class CocoInstances(Dataset):
         )  # type: ignore[return-value]
 
     def load_image(self, index: int) -> Tensor:
-        """Decode image ``index`` as float32 ``(3, H, W)`` RGB in ``0..255``.
+        """Decode image ``index`` as float32 ``(3, H, W)`` RGB in ``0..255``, in the frame of
+        the JSON's width and height: the displayed (EXIF-oriented) one when its size matches,
+        else the stored one (``deepmac.data.images.read_image``).
 
         Raises:
             FileNotFoundError: the file is missing (the message names the path).
-            ValueError: the file cannot be decoded or its size differs from the JSON.
+            ValueError: the file cannot be decoded or neither frame has the JSON's size.
         """
         return self._read_image(self._records[index])
 
     def _read_image(self, record: dict[str, Any]) -> Tensor:
-        path = self.image_dir / record["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"image file not found: {path} (image id {record['id']} in {self.ann_file})"
-            )
-        try:
-            with Image.open(path) as img:
-                # COCO annotations are in the stored pixel frame, so EXIF orientation is ignored.
-                array = np.asarray(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ValueError(f"cannot decode image file {path}: {err}") from err
-        expected = (record["height"], record["width"])
-        if array.shape[:2] != expected:
-            raise ValueError(
-                f"image file {path} is {array.shape[0]}x{array.shape[1]} (HxW) but {self.ann_file} "
-                f"says {expected[0]}x{expected[1]}"
-            )
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float()  # (3, H, W)
+        # The frame the annotations were drawn in: the displayed (EXIF-transposed) one when
+        # the JSON's size is its size, else the stored one (deepmac.data.images).
+        array = read_image(
+            self.image_dir / record["file_name"],
+            frame=(record["height"], record["width"]),
+            source=f"{self.ann_file} (image id {record['id']})",
+        )
+        return torch.from_numpy(array).permute(2, 0, 1).float()  # (3, H, W)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         """One image and its target.

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import random
+import re
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,18 +28,26 @@ from deepmac.io import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
+    "RUN_FILES",
     "CheckpointError",
     "LoaderCursor",
     "atomic_write",
+    "existing_run_files",
     "get_rng_state",
     "load_checkpoint",
+    "load_model_state",
+    "remove_run_files",
+    "remove_stale_temp_files",
     "restore_rng_state",
     "save_checkpoint",
+    "state_mismatch",
     "unwrap_model",
 ]
 
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("format_version", "model_type", "model", "step")
+#: What a training run writes into its folder (``deepmac.engine.train``).
+RUN_FILES = ("last.pt", "config.json", "metrics.jsonl")
 
 
 class CheckpointError(ValueError):
@@ -167,6 +178,80 @@ def save_checkpoint(
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
+def _unreadable_reason(err: Exception) -> str:
+    """Why ``torch.load`` failed, in our words: torch's own text for refused pickles advises
+    retrying with ``weights_only=False``, which would run whatever code the file holds."""
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects{what} that a checkpoint never contains, and was not loaded"
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if not first_line or "weights_only" in first_line:
+        return f"{type(err).__name__} (truncated or corrupt file?)"
+    return f"{type(err).__name__}: {first_line} (truncated or corrupt file?)"
+
+
+def state_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str | None:
+    """How the tensors ``found`` (a checkpoint's weights) differ from ``expected`` (a model's
+    ``state_dict``), in one line: missing and unexpected names and different shapes, the
+    first of each; None when they fit."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [
+        k
+        for k in expected
+        if k in found and tuple(getattr(found[k], "shape", ())) != tuple(expected[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) the model expects are missing (first {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
+    if reshaped:
+        first = reshaped[0]
+        parts.append(
+            f"{len(reshaped)} of another shape (first {first}: the model expects "
+            f"{tuple(expected[first].shape)}, found {tuple(getattr(found[first], 'shape', ()))})"
+        )
+    return "; ".join(parts) or None
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, Any], source: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line ``CheckpointError`` when the weights do
+    not fit (torch's error lists every key, hundreds for a mismatched head)."""
+    model = unwrap_model(model)
+    problem = state_mismatch(model.state_dict(), state)
+    if problem is not None:
+        raise CheckpointError(
+            f"the weights in {source} do not fit the model of the config they are loaded with: "
+            f"{problem}"
+        )
+    model.load_state_dict(state)
+
+
+def existing_run_files(out_dir: str | os.PathLike) -> list[str]:
+    """The ``RUN_FILES`` a run folder already holds."""
+    return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+
+
+def remove_run_files(out_dir: str | os.PathLike) -> None:
+    """Delete the ``RUN_FILES`` of ``out_dir`` (``deepmac train --overwrite``), so that a new
+    run does not append to the old run's ``metrics.jsonl``."""
+    for name in RUN_FILES:
+        (Path(out_dir) / name).unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted atomic writes of the ``RUN_FILES`` left (``.last.pt.*.tmp``,
+    up to a checkpoint's size each). Call it when a run starts, before anything is written;
+    returns the files removed."""
+    out_dir = Path(out_dir)
+    stale = [p for name in RUN_FILES for p in out_dir.glob(f".{name}.*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load_checkpoint(
     path: str | os.PathLike, *, expected_model_type: str | None = None
 ) -> dict[str, Any]:
@@ -188,12 +273,15 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files that are not its own: noise here.
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip, pickle and EOF errors all mean "unreadable" here
         raise CheckpointError(
-            f"{path} is not a readable deepmac checkpoint (truncated or corrupt file?): "
-            f"{type(err).__name__}: {err}"
-        ) from err
+            f"{path} is not a readable deepmac checkpoint: {_unreadable_reason(err)}; expected "
+            f"a file written by deepmac train or deepmac convert-tf"
+        ) from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
         found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(

@@ -35,9 +35,9 @@ from deepmac.engine.checkpoint import (
     LoaderCursor,
     get_rng_state,
     load_checkpoint,
+    load_model_state,
     restore_rng_state,
     save_checkpoint,
-    unwrap_model,
 )
 from deepmac.engine.distributed import all_reduce_mean, get_world_size, is_main_process
 from deepmac.engine.metrics import MetricsLog, write_json_atomic
@@ -133,10 +133,12 @@ def resume_from(
         The state to pass as ``train(..., resume=state)``.
 
     Raises:
-        CheckpointError: see :func:`~deepmac.engine.checkpoint.load_checkpoint`.
+        CheckpointError: see :func:`~deepmac.engine.checkpoint.load_checkpoint`; also when the
+            weights do not fit ``model`` (one line: the first missing, unexpected and
+            differently shaped tensors).
     """
     ckpt = load_checkpoint(path, expected_model_type=expected_model_type)
-    unwrap_model(model).load_state_dict(ckpt["model"])
+    load_model_state(model, ckpt["model"], str(path))  # one line when the config differs
     if ckpt["optimizer"] is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt["scheduler"] is not None:

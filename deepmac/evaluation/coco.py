@@ -20,8 +20,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deepmac.data.class_splits import resolve_split
+from deepmac.data.coco_fields import (
+    entry_where,
+    finite_number_field,
+    finite_numbers_field,
+    int_field,
+    object_entry,
+    text_field,
+)
 from deepmac.evaluation.results import (
     ArrayLike,
+    check_segmentation,
     instances_to_coco_results,
     load_coco_results,
     validate_coco_results,
@@ -68,11 +77,49 @@ def load_coco_gt(gt: COCO | str | os.PathLike, verbose: bool = False) -> COCO:
     if not isinstance(dataset, dict) or any(k not in dataset for k in keys):
         found = sorted(dataset) if isinstance(dataset, dict) else type(dataset).__name__
         raise ValueError(f"{gt}: COCO ground truth must be a dict with keys {keys}, found {found}")
+    _check_gt_fields(dataset, str(gt))
     coco = COCO()
     coco.dataset = dataset
     with _quiet(verbose):
         coco.createIndex()
     return coco
+
+
+def _check_gt_fields(dataset: dict[str, Any], source: str) -> None:
+    """The fields pycocotools reads from a ground truth, typed, so that a bad entry is one
+    error naming it (pycocotools raises a bare ``KeyError`` or scores garbage)."""
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset[key], list):
+            found = type(dataset[key]).__name__
+            raise ValueError(f"{source}: '{key}' must be a list, found {found}")
+    image_ids = set()
+    for k, image in enumerate(dataset["images"]):
+        where = entry_where(source, "images", k)
+        image_ids.add(int_field(object_entry(image, where), "id", where))
+        for size in ("height", "width"):  # masks are decoded at this size
+            int_field(image, size, where, minimum=1)
+    categories = set()
+    for k, category in enumerate(dataset["categories"]):
+        where = entry_where(source, "categories", k)
+        categories.add(int_field(object_entry(category, where), "id", where))
+        text_field(category, "name", where)
+    for k, ann in enumerate(dataset["annotations"]):
+        where = entry_where(source, "annotations", k)
+        int_field(object_entry(ann, where), "id", where)
+        image_id = int_field(ann, "image_id", where)
+        category_id = int_field(ann, "category_id", where)
+        if image_id not in image_ids:
+            raise ValueError(
+                f"{where} field 'image_id': expected an id of 'images', found {image_id}"
+            )
+        if category_id not in categories:
+            raise ValueError(
+                f"{where} field 'category_id': expected an id of 'categories', found {category_id}"
+            )
+        finite_numbers_field(ann, "bbox", where, length=4, meaning="[x, y, w, h]")
+        finite_number_field(ann, "area", where)
+        if "segmentation" in ann:
+            check_segmentation(ann["segmentation"], where)
 
 
 def _segmentation_to_rle(segm: Any, height: int, width: int, where: str) -> dict[str, Any]:

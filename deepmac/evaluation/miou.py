@@ -72,8 +72,10 @@ def matched_mask_iou(pred_masks: ArrayLike, gt_masks: ArrayLike) -> Tensor:
             f"pred_masks and gt_masks must have the same (N, H, W) shape, got "
             f"{pred.shape} and {gt.shape}"
         )
-    pred = pred.reshape(pred.shape[0], -1)  # (N, H * W)
-    gt = gt.reshape(gt.shape[0], -1)  # (N, H * W)
+    # Explicit sizes: an image without instances has N = 0, where -1 cannot be inferred.
+    num, height, width = pred.shape
+    pred = pred.reshape(num, height * width)  # (N, H * W)
+    gt = gt.reshape(num, height * width)  # (N, H * W)
     inter = np.count_nonzero(pred & gt, axis=1).astype(np.float64)  # (N,)
     union = np.count_nonzero(pred | gt, axis=1).astype(np.float64)  # (N,)
     iou = np.divide(inter, union, out=np.full_like(inter, np.nan), where=union > 0)

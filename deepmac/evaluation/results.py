@@ -8,6 +8,7 @@ This is the evaluation edge where library ``xyxy`` boxes become COCO ``xywh``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from deepmac.data.coco_fields import finite_number_field, finite_numbers_field, int_field
+from deepmac.data.coco_rle import check_rle
 from deepmac.io import write_json_atomic
 from deepmac.structures.boxes import box_xyxy_to_xywh
 
@@ -134,11 +137,43 @@ def write_coco_results(path: str | os.PathLike, results: Sequence[dict[str, Any]
     return write_json_atomic(path, list(results), indent=None)
 
 
-def validate_coco_results(results: Any, source: str = "results") -> list[dict[str, Any]]:
-    """Check that ``results`` is a list of COCO result dicts and return it.
+def check_segmentation(segmentation: Any, where: str) -> None:
+    """An RLE dict with valid runs, or a list of polygons of finite coordinates.
 
     Raises:
-        ValueError: naming ``source`` and the first malformed entry.
+        ValueError: naming ``where`` and the field.
+    """
+    if isinstance(segmentation, dict):
+        check_rle(segmentation, where)
+        return
+    polygons_ok = isinstance(segmentation, list) and all(
+        isinstance(p, list)
+        and len(p) >= 6
+        and len(p) % 2 == 0
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+        and all(math.isfinite(v) for v in p)
+        for p in segmentation
+    )
+    if not polygons_ok:
+        raise ValueError(
+            f"{where} field 'segmentation': expected an RLE {{size, counts}} or polygons (lists "
+            f"of >= 6 finite coordinates), found {str(segmentation)[:80]}"
+        )
+
+
+def validate_coco_results(
+    results: Any, source: str = "results", *, check_masks: bool = False
+) -> list[dict[str, Any]]:
+    """Check that ``results`` is a list of COCO result dicts and return it.
+
+    Each entry needs integer ``image_id`` and ``category_id``, a finite ``score``, and a
+    ``bbox`` of 4 finite numbers or a ``segmentation``. With ``check_masks`` (files from
+    elsewhere, as ``deepmac score`` reads) every segmentation is checked too: RLE runs that do
+    not add up to the mask size would be scored as garbage by pycocotools, silently.
+
+    Raises:
+        ValueError: naming ``source``, the first malformed entry, the field, what was expected
+            and what was found.
     """
     if not isinstance(results, list):
         found = type(results).__name__
@@ -151,18 +186,27 @@ def validate_coco_results(results: Any, source: str = "results") -> list[dict[st
             missing.append("bbox or segmentation")
         if missing:
             raise ValueError(f"{source}: entry {i} lacks keys {missing}; found {sorted(result)}")
+        where = f"{source}: entry {i}"
+        int_field(result, "image_id", where)
+        int_field(result, "category_id", where)
+        finite_number_field(result, "score", where)
+        if "bbox" in result:
+            finite_numbers_field(result, "bbox", where, length=4, meaning="[x, y, w, h]")
+        if check_masks and "segmentation" in result:
+            check_segmentation(result["segmentation"], where)
     return results
 
 
 def load_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read and validate a COCO results JSON file.
+    """Read and validate a COCO results JSON file, its masks included.
 
     Raises:
-        ValueError: if the file is not valid JSON or not a list of result dicts (names the path).
+        ValueError: if the file is not valid JSON or not a list of valid result dicts (names
+            the path, the entry and the field).
     """
     try:
         with open(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: malformed COCO results JSON ({err})") from None
-    return validate_coco_results(data, source=str(path))
+    return validate_coco_results(data, source=str(path), check_masks=True)
