@@ -7,7 +7,8 @@ augmentation, forward, backward, optimizer: everything a training step pays) for
 
 * ``reference``: the code of another checkout (``--reference PATH``, e.g. a ``git worktree`` at
   an older commit) with its own preset, to measure a speed-up in one run on one machine;
-* the preset as it is now with ``train.mask_head_instances`` = ``all`` and ``supervised``.
+* the preset as it is now with ``train.mask_head_instances`` = ``all`` and ``supervised``, and
+  (box-prompted and Deep-MAC) ``model.freeze_at`` = 0 and 2.
 
 Every variant runs ``--repeats`` times, interleaved, and the best run counts (the machine is a
 shared VM: the best of several is the least disturbed). The FLOPs of one training step
@@ -220,9 +221,16 @@ def main() -> None:
     for preset in args.presets:
         if args.reference is not None and preset == "box_prompted_cpu":
             variants.append((f"{preset} @ reference", args.reference, preset, []))
+        # Deep-MARC freezes its trunk's first stages with rcnn.freeze_at (2 in its preset).
+        freeze = (0, 2) if preset != "deepmarc_cpu" else (None,)
         for mode in ("all", "supervised"):
-            overrides = [f"train.mask_head_instances={mode}"]
-            variants.append((f"{preset} {mode}", REPO, preset, overrides))
+            for freeze_at in freeze:
+                overrides = [f"train.mask_head_instances={mode}"]
+                label = f"{preset} {mode}"
+                if freeze_at is not None:
+                    overrides.append(f"model.freeze_at={freeze_at}")
+                    label += f" freeze_at={freeze_at}"
+                variants.append((label, REPO, preset, overrides))
     results: dict[str, dict] = {}
     for repeat in range(args.repeats):
         for label, code, preset, overrides in variants:
@@ -236,12 +244,13 @@ def main() -> None:
     for label, code, preset, _ in variants:
         row = results[label]
         row["images_per_s_best"] = speed = max(row["runs"])
-        # Speed-up against the reference code's run of this preset, else its "all" row.
+        # Speed-up against the reference code's run of this preset, else its first row.
         base_label = f"{preset} @ reference"
-        base = max(results.get(base_label, results[f"{preset} all"])["runs"])
+        first_row = next(v[0] for v in variants if v[2] == preset and v[1] == REPO)
+        base = max(results.get(base_label, results[first_row])["runs"])
         row["speedup"] = speed / base
-        if code != REPO:  # the reference trains the same network as "all"
-            row["gflops_per_image"] = results[f"{preset} all"].get("gflops_per_image")
+        if code != REPO:  # the reference trains the same network as "all", nothing frozen
+            row["gflops_per_image"] = results[first_row].get("gflops_per_image")
         gflops = row.get("gflops_per_image")
         shares = ["-", "-"]
         if gflops:
