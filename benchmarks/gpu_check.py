@@ -137,7 +137,11 @@ def eval_and_predict(run: dict[str, Any], amp: str, val: CocoInstances, n: int) 
     for index in range(min(n, len(val))):
         image, target = val[index]
         start = time.perf_counter()
-        masks = seg.predict(image, target["boxes"]) if len(target["boxes"]) else None
+        masks = (
+            seg.predict(image, target["boxes"], return_numpy=False)[0]
+            if len(target["boxes"])
+            else None
+        )
         times.append(time.perf_counter() - start)
         if masks is not None:
             check_masks(masks, len(target["boxes"]), tuple(image.shape[-2:]))

@@ -1,1 +1,39 @@
-"""deepmac."""
+"""deepmac: partially supervised instance segmentation with deep mask heads (Deep-MAC).
+
+The Python API, importable from the package::
+
+    from deepmac import BoxPromptedSegmenter, load_model
+    seg = BoxPromptedSegmenter.from_checkpoint("runs/demo/last.pt")
+    masks, scores = seg.predict(image, [[x1, y1, x2, y2]])   # (N, H, W) bool, (N,) numpy
+    instances = load_model("runs/deepmac/last.pt").predict(image)   # Deep-MAC detections
+
+They are imported on first use (PEP 562), so ``import deepmac`` and ``deepmac --help`` stay
+free of torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+__all__ = ["BoxPromptedSegmenter", "DeepMACPredictor", "Instances", "__version__", "load_model"]
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "BoxPromptedSegmenter": "deepmac.predictor",
+    "DeepMACPredictor": "deepmac.instance_predictor",
+    "Instances": "deepmac.instance_predictor",
+    "load_model": "deepmac.instance_predictor",
+}
+
+try:
+    __version__ = version("deepmac")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'deepmac' has no attribute {name!r}")

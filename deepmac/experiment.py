@@ -6,6 +6,7 @@ benchmarks call it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -196,7 +197,10 @@ def run_training(
             logger.info("removed %s, left by an interrupted write", stale)
     device = training_device(cfg.train.device, local_rank)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).to(device)  # before the optimizer holds its parameters
+    # A resumed run's weights come from its checkpoint: reading the backbone's initial
+    # weights (and logging about them) again would be wasted.
+    model_cfg = dataclasses.replace(cfg.model, backbone_init=None) if resume else cfg.model
+    model = build_model(model_cfg).to(device)  # before the optimizer holds its parameters
     check_image_size(cfg, model.size_multiple)
     if rank:
         # Same initial weights everywhere (DDP also broadcasts rank 0's), but each process

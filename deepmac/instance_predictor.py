@@ -1,7 +1,7 @@
 """``DeepMACPredictor``: images in, instances out (boxes, scores, classes, masks) with Deep-MAC
 or Deep-MARC (any model type of ``DETECTOR_MODEL_TYPES``).
 
-predictor = load_model("runs/deepmac/last.pt")   # device="cuda", amp="bf16"
+predictor = load_model("runs/deepmac/last.pt")   # device="cuda", amp="bf16", score_threshold=
 instances = predictor.predict(image)   # boxes (K, 4) xyxy, scores, category_ids, masks (K, H, W)
 
 The image goes to the model's device; the instances come back on the CPU.
@@ -25,6 +25,9 @@ from deepmac.structures.masks import paste_masks_in_image
 
 #: Checkpoints holding a detector with a mask branch: Deep-MAC and Deep-MARC.
 DETECTOR_MODEL_TYPES = ("deepmac", "deepmarc")
+#: Detections below this score are dropped by ``load_model`` and ``deepmac predict`` (whose
+#: ``--score-threshold`` default spells the same number: the CLI parser imports no torch).
+DEFAULT_SCORE_THRESHOLD = 0.3
 
 
 @dataclass
@@ -103,13 +106,13 @@ class DeepMACPredictor:
 
     @torch.no_grad()
     def predict(
-        self, image: Image.Image | np.ndarray | Tensor, *, threshold: float = 0.5
+        self, image: Image.Image | np.ndarray | Tensor, *, mask_threshold: float = 0.5
     ) -> Instances:
         """Detect and segment every object of ``image``.
 
         Args:
             image: PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` tensor (0..255 RGB).
-            threshold: mask probability threshold (strict).
+            mask_threshold: mask probability threshold (strict; Deep-MARC ``>=``).
         """
         # Moved before the resize, so that the model's device (a GPU) does the resize too.
         pixels = image_to_tensor(image).to(self.device)
@@ -128,7 +131,7 @@ class DeepMACPredictor:
         # size prediction) get an empty mask, not an error. Pasted on the model's device; only
         # the results cross to the CPU.
         paste = getattr(self.model, "paste_masks", paste_masks_in_image)
-        masks = paste(probs[keep], boxes, (height, width), threshold)
+        masks = paste(probs[keep], boxes, (height, width), mask_threshold)
         labels = det.labels[keep].cpu()
         return Instances(
             boxes=boxes.cpu(),
@@ -143,10 +146,15 @@ class DeepMACPredictor:
 def load_model(
     path: str | Path,
     *,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     device: str | torch.device = "cpu",
     amp: str = "none",
     fuse: bool = True,
 ) -> DeepMACPredictor:
     """A ``DeepMACPredictor`` from a training checkpoint (``OUT/last.pt``) on ``device``
-    ("cpu", "cuda", "cuda:N" or "auto"), with ``amp`` autocast ("none", "bf16", "fp16")."""
-    return DeepMACPredictor.from_checkpoint(path, device=device, amp=amp, fuse=fuse)
+    ("cpu", "cuda", "cuda:N" or "auto"), with ``amp`` autocast ("none", "bf16", "fp16"),
+    keeping detections scoring at least ``score_threshold`` (``deepmac predict``'s default;
+    0 keeps all, as COCO evaluation wants)."""
+    predictor = DeepMACPredictor.from_checkpoint(path, device=device, amp=amp, fuse=fuse)
+    predictor.score_threshold = score_threshold
+    return predictor

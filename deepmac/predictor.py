@@ -1,11 +1,14 @@
 """``BoxPromptedSegmenter``: turn boxes of any class into masks with a trained checkpoint.
 
+    from deepmac import BoxPromptedSegmenter
     seg = BoxPromptedSegmenter.from_checkpoint("runs/demo/last.pt")  # device="cuda", amp="bf16"
-    masks = seg.predict(image, boxes_xyxy)       # (N, H, W) bool in the image's own frame
+    masks, scores = seg.predict(image, [x1, y1, x2, y2])  # (1, H, W) bool, (1,) float32 numpy
+    masks, scores = seg.predict(image, boxes_xywh, box_format="xywh")  # (N, 4) COCO boxes
 
 ``set_image`` runs the backbone once and caches the embeddings, so several ``predict(boxes)``
 calls on one image (an annotation tool) cost only the mask branch. Images and boxes go to the
-model's device; results come back on the CPU.
+model's device; results come back on the CPU, as NumPy arrays (``return_numpy=False``: torch
+tensors).
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from deepmac.data.images import exif_orientation, to_rgb
 from deepmac.data.transforms import ResizePad
 from deepmac.engine.devices import module_device, resolve_device
 from deepmac.engine.precision import amp_dtype, autocast
-from deepmac.structures.boxes import clip_boxes
+from deepmac.structures.boxes import box_xywh_to_xyxy, clip_boxes
 from deepmac.structures.masks import paste_masks_in_image
+
+#: Box layouts ``predict`` takes: corners, or COCO's corner and size.
+BOX_FORMATS = ("xyxy", "xywh")
+#: Upper bound on the pasted probabilities held at once by ``predict`` (128 MB in float32).
+_MAX_PASTED_FLOATS = 32 * 1024 * 1024
 
 
 def _check_pixel_range(pixels: Tensor, dtype: object) -> None:
@@ -102,19 +110,33 @@ def place_model(model: torch.nn.Module, device: str | torch.device | None) -> to
     return model.eval()
 
 
-def check_prompt_boxes(boxes: Tensor | np.ndarray | list, image_size: tuple[int, int]) -> Tensor:
+def check_prompt_boxes(
+    boxes: Tensor | np.ndarray | list,
+    image_size: tuple[int, int],
+    box_format: str = "xyxy",
+) -> Tensor:
     """Validate user boxes and clip them to the image.
 
-    Boxes that stick out of the image are clipped (documented behaviour); a box with no area
-    left inside the image, or with a NaN or infinite coordinate, is an error naming its index.
+    ``boxes`` is ``(N, 4)``, one box ``(4,)``, or empty (``[]``, ``(0, 4)``), as a tensor,
+    array or nested list, in ``box_format`` (``"xyxy"`` corners, or COCO ``"xywh"``). Boxes
+    that stick out of the image are clipped (documented behaviour); a box with no area left
+    inside the image, or with a NaN or infinite coordinate, is an error naming its index.
 
     Returns:
         ``(N, 4)`` float32 clipped xyxy boxes on the CPU (where the checks and their error
         message read them).
     """
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"box_format must be one of {', '.join(BOX_FORMATS)}, got {box_format!r}")
     boxes = torch.as_tensor(boxes, dtype=torch.float32, device="cpu")
+    if boxes.dim() == 1 and boxes.numel() in (0, 4):  # one box, or [] for none
+        boxes = boxes.reshape(-1, 4)
     if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must be (N, 4) xyxy, got shape {tuple(boxes.shape)}")
+        raise ValueError(
+            f"boxes must be (N, 4) or (4,) {box_format}, got shape {tuple(boxes.shape)}"
+        )
+    if box_format == "xywh":
+        boxes = box_xywh_to_xyxy(boxes)
     nonfinite = ~torch.isfinite(boxes).all(dim=1)
     if nonfinite.any():
         # Clipping would turn inf into the image edge and NaN into nothing: refused instead.
@@ -263,25 +285,47 @@ class BoxPromptedSegmenter:
         image: Image.Image | np.ndarray | Tensor | None,
         boxes: Tensor | np.ndarray | list,
         *,
-        threshold: float = 0.5,
-    ) -> Tensor:
-        """Masks for ``boxes`` (xyxy pixels of ``image``), pasted into the image frame.
+        box_format: str = "xyxy",
+        mask_threshold: float = 0.5,
+        return_numpy: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[Tensor, Tensor]:
+        """Masks for ``boxes`` on ``image``, pasted into the image frame, and their scores.
 
         Args:
             image: the image, or None to reuse the one given to ``set_image``.
-            boxes: ``(N, 4)`` xyxy in pixels of the original image.
-            threshold: probability above which a pixel is in the mask (strict).
+            boxes: ``(N, 4)``, one box ``(4,)`` or none (``[]``), in pixels of the original
+                image, as a tensor, array or list.
+            box_format: ``"xyxy"`` (corners) or ``"xywh"`` (COCO: corner, width, height).
+            mask_threshold: probability above which a pixel is in the mask (strict; Deep-MARC
+                ``>=``, as its training).
+            return_numpy: NumPy arrays (else CPU torch tensors).
 
         Returns:
-            ``(N, H, W)`` bool masks on the CPU.
+            ``(masks, scores)``: ``(N, H, W)`` bool masks and ``(N,)`` float32 scores, the mean
+            mask probability over the mask's pixels (0 for an empty mask): how sure the model
+            is of the mask it drew, not whether the box holds an object.
         """
         if image is not None:
             self.set_image(image)
         image_size = self._cached()["image_size"]
-        clipped = check_prompt_boxes(boxes, image_size)
+        clipped = check_prompt_boxes(boxes, image_size, box_format).to(self.device)
+        probs = self._probs(clipped)
         # Each model pastes with the convention it crops with (Deep-MARC: RoIAlign's).
         paste = getattr(self.model, "paste_masks", paste_masks_in_image)
-        # Pasted where the probabilities are (two matrix products per mask); only the bool
-        # masks cross to the CPU.
-        masks = paste(self._probs(clipped), clipped.to(self.device), image_size, threshold)
-        return masks.cpu()
+        height, width = image_size
+        masks = torch.zeros(len(clipped), height, width, dtype=torch.bool, device=self.device)
+        scores = torch.zeros(len(clipped), device=self.device)
+        # Pasted where the probabilities are, a bounded number of images at a time; the bool
+        # masks come from the paste's own threshold rule, the scores from its soft values.
+        chunk = max(1, _MAX_PASTED_FLOATS // max(1, height * width))
+        for start in range(0, len(clipped), chunk):
+            part = slice(start, start + chunk)
+            soft = paste(probs[part], clipped[part], image_size, None)  # (n, H, W)
+            hard = paste(probs[part], clipped[part], image_size, mask_threshold)
+            area = hard.sum(dim=(1, 2))
+            scores[part] = (soft * hard).sum(dim=(1, 2)) / area.clamp(min=1)
+            masks[part] = hard
+        masks, scores = masks.cpu(), scores.cpu()
+        if return_numpy:
+            return masks.numpy(), scores.numpy()
+        return masks, scores

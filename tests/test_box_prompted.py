@@ -197,7 +197,7 @@ def test_load_box_prompts_formats_and_errors(tmp_path):
     ann = demo_data_root() / "annotations" / "instances_val2017.json"
     data = json.loads(ann.read_text())
     files = [im["file_name"] for im in data["images"]]
-    prompts = load_box_prompts(ann, files)
+    prompts = load_box_prompts(ann, files).prompts
     first = data["images"][0]
     num = sum(1 for a in data["annotations"] if a["image_id"] == first["id"] and not a["iscrowd"])
     assert len(prompts[first["file_name"]].boxes) == num
@@ -207,10 +207,12 @@ def test_load_box_prompts_formats_and_errors(tmp_path):
             [{"image_id": first["id"], "bbox": [1, 2, 30, 40], "category_id": 7, "score": 0.5}]
         )
     )
-    from_results = load_box_prompts(results, files)
+    from_results = load_box_prompts(results, files).prompts
     assert from_results[first["file_name"]].boxes.tolist() == [[1.0, 2.0, 31.0, 42.0]]
-    with pytest.raises(ValueError, match="not among the 1 given image"):
-        load_box_prompts(ann, files[:1])
+    # A subset of the file's images is fine; none of them is not.
+    assert list(load_box_prompts(ann, files[:1]).prompts) == files[:1]
+    with pytest.raises(ValueError, match="is among the 1 given image"):
+        load_box_prompts(ann, ["other.jpg"])
     results.write_text(json.dumps([{"image_id": 1, "bbox": [1, 2, 3]}]))
     with pytest.raises(ValueError, match="\\[x, y, w, h\\]"):
         load_box_prompts(results, files)
@@ -352,10 +354,10 @@ def test_train_predict_round_trip_and_bad_checkpoints(tmp_path):
     seg = BoxPromptedSegmenter.from_checkpoint(run / "last.pt", box_chunk=2)
     image = np.zeros((50, 70, 3), dtype=np.uint8)
     boxes = torch.tensor([[1.0, 1.0, 30.0, 40.0], [10.0, 5.0, 69.0, 49.0], [0.0, 0.0, 70.0, 50.0]])
-    chunked = seg.predict(image, boxes)
+    chunked, _ = seg.predict(image, boxes, return_numpy=False)
     seg.box_chunk = 256
     assert chunked.shape == (3, 50, 70) and chunked.dtype == torch.bool
-    assert torch.equal(chunked, seg.predict(None, boxes))
+    assert torch.equal(chunked, seg.predict(None, boxes, return_numpy=False)[0])
     # The fused inference head gives the probabilities of the trained, unfused one.
     plain = BoxPromptedSegmenter.from_checkpoint(run / "last.pt", fuse=False)
     plain.set_image(image)

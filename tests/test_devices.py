@@ -173,10 +173,12 @@ def test_box_prompted_prediction_makes_its_tensors_on_the_model_device(model_typ
     boxes = torch.tensor([[1.0, 1.0, 30.0, 40.0], [10.0, 5.0, 69.0, 49.0]])
     no_boxes = torch.zeros(0, 4)
     with torch.device("meta"):
-        masks = seg.predict(image, boxes)
+        masks, scores = seg.predict(image, boxes, return_numpy=False)
         probs = seg.predict_probs(boxes)
-        empty = seg.predict(None, no_boxes)
-    assert masks.device.type == probs.device.type == empty.device.type == "cpu"
+        empty, _ = seg.predict(None, no_boxes, return_numpy=False)
+    assert (
+        masks.device.type == probs.device.type == empty.device.type == scores.device.type == "cpu"
+    )
     assert masks.shape == (2, 50, 70) and masks.dtype == torch.bool
     assert probs.shape[0] == 2 and empty.shape == (0, 50, 70)
 
@@ -279,7 +281,7 @@ def test_predictors_take_device_and_amp(tmp_path):
         seg = BoxPromptedSegmenter.from_checkpoint(ckpt, device="cpu", amp=amp)
         assert seg.device == module_device(seg.model) == torch.device("cpu")
         assert seg.amp_dtype is AMP_DTYPES[amp]
-        masks = seg.predict(image, boxes)
+        masks, _ = seg.predict(image, boxes, return_numpy=False)
         assert masks.shape == (1, 40, 60) and masks.device.type == "cpu"
         predictor = load_model(ckpt, device=torch.device("cpu"), amp=amp)
         assert predictor.device == torch.device("cpu") and predictor.amp_dtype is AMP_DTYPES[amp]

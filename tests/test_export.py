@@ -154,7 +154,9 @@ def test_runtime_gives_the_predictors_masks(tmp_path):
     model, cfg = small_model("box_prompted")
     write_checkpoint(tmp_path / "b.pt", model, cfg)
     assert main(["export", str(tmp_path / "b.pt"), "--onnx", str(tmp_path / "b.onnx")]) == 0
-    ours = BoxPromptedSegmenter.from_checkpoint(tmp_path / "b.pt").predict(image, boxes)
+    ours, _ = BoxPromptedSegmenter.from_checkpoint(tmp_path / "b.pt").predict(
+        image, boxes, return_numpy=False
+    )
     theirs = OnnxModel(tmp_path / "b.onnx").predict_masks(image, boxes)
     assert theirs.shape == (2, 70, 130) and theirs.dtype == torch.bool
     # Probabilities agree to 1e-6; a pixel may flip only where one sits on the threshold.

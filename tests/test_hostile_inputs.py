@@ -327,7 +327,7 @@ def test_float_images_in_0_1_are_refused(checkpoint):
         segmenter.predict((unit - 0.5) * 255, boxes)  # normalised pixels
     with pytest.raises(ValueError, match="non-finite values; expected RGB in 0..255"):
         segmenter.predict(torch.full((3, 32, 40), math.nan), boxes)
-    assert segmenter.predict(unit * 255, boxes).shape == (1, 32, 40)
+    assert segmenter.predict(unit * 255, boxes)[0].shape == (1, 32, 40)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -774,7 +774,7 @@ def test_expected_failures_are_one_line_and_debug_shows_the_traceback(tmp_path, 
     assert cli("train", "--no-progress") == 2
     assert (
         error_line(capsys) == "deepmac train: error: train needs a PRESET (see deepmac "
-        "train --list)"
+        "train --list) or --config FILE.json"
     )
     results = tmp_path / "r.json"
     results.write_text("[]")

@@ -139,19 +139,21 @@ def load_backbone_weights(
             f"unexpected {unexpected[:_MAX_LISTED]} ({len(unexpected)})"
         )
     backbone.load_state_dict({k: state_dict[k] for k in matched}, strict=False)
+    # One summary line; where the file lives is a detail (DEBUG).
     logger.info(
-        "loaded %d/%d tensors into %s from %s",
+        "backbone weights: %d/%d tensors of %s from %s",
         len(matched),
         len(model_state),
         type(backbone).__name__,
-        path,
+        Path(path).name,
     )
+    logger.debug("backbone weights file: %s", path)
     # A classifier file fills the whole trunk: its lack of neck keys and its extra classifier
-    # keys are expected, and worth only an info line. Trunk keys left at init are a warning.
+    # keys are expected, and worth only a debug line. Trunk keys left at init are a warning.
     classifier_file = all(k.startswith("body.") for k in matched) and not any(
         k.startswith("body.") for k in missing
     )
-    report = logger.info if classifier_file else logger.warning
+    report = logger.debug if classifier_file else logger.warning
     if missing:
         report(
             "%d backbone keys not in %s (kept at init): %s%s",

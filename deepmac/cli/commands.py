@@ -1,8 +1,10 @@
-"""Implementations of the model commands: train, eval, predict (the parser is in ``main``)."""
+"""Implementations of the model commands train, eval and export, and the checkpoint loading
+they share with ``predict`` (the parser is in ``main``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -60,9 +62,16 @@ def run_train(args: argparse.Namespace) -> int:
     if args.list:
         print(describe_presets())
         return 0
-    if args.preset is None:
-        raise UsageError("train needs a PRESET (see deepmac train --list)")
-    out = check_output_folder(args.out or f"runs/{args.preset}", "--out")
+    if args.preset is None and args.config is None:
+        raise UsageError("train needs a PRESET (see deepmac train --list) or --config FILE.json")
+    if args.preset is not None and args.config is not None:
+        raise UsageError(
+            f"train takes a PRESET or --config, found both ({args.preset}, {args.config}); "
+            f"the config file replaces the preset"
+        )
+    base = load_config(args.config) if args.config else None
+    name = args.preset or base.name
+    out = check_output_folder(args.out or f"runs/{name}", "--out")
     existing = existing_run_files(out)
     if args.resume:
         if not (out / "last.pt").is_file():
@@ -70,12 +79,12 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = load_config(out / "config.json")  # the run's own config, not the preset's
         saved = cfg.to_dict()
     else:
-        if existing and not args.overwrite:
+        if existing and not args.overwrite and not args.print_config:
             raise UsageError(
                 f"--out {out} already holds a run ({', '.join(existing)}); expected an empty "
                 f"or new folder: pass --resume to continue that run, or --overwrite to replace it"
             )
-        cfg = get_preset(args.preset)
+        cfg = base if base is not None else get_preset(args.preset)
     if args.data_root:
         cfg.data.roots = [str(Path(r)) for r in args.data_root]
     if args.steps is not None:
@@ -84,7 +93,12 @@ def run_train(args: argparse.Namespace) -> int:
         cfg.model.backbone_init = args.init
     if args.device is not None:
         cfg.train.device = args.device
+    if args.amp is not None:
+        cfg.train.amp = args.amp
     apply_overrides(cfg, args.overrides)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     if args.resume:
         _check_resume_overrides(saved, cfg.to_dict(), out)
     for root, _ in training_sets(cfg) if cfg.data.roots else []:
@@ -112,7 +126,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_any_checkpoint(path: str) -> dict:
+def load_any_checkpoint(path: str) -> dict:
     from deepmac.engine import load_checkpoint
     from deepmac.models.build import MODEL_TYPES
 
@@ -125,7 +139,7 @@ def _load_any_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def _from_checkpoint(build: Callable[..., T], ckpt: dict, path: str, **kwargs: Any) -> T:
+def build_from_checkpoint(build: Callable[..., T], ckpt: dict, path: str, **kwargs: Any) -> T:
     """``build(ckpt, **kwargs)`` (a predictor's ``from_checkpoint``, ``model_from_checkpoint``),
     with a one-line ``CheckpointError`` when the weights do not fit the model of the config
     saved beside them (torch's own error lists every tensor)."""
@@ -153,7 +167,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from deepmac.config import config_from_dict
     from deepmac.data import CocoInstances
     from deepmac.engine.devices import resolve_device
-    from deepmac.evaluate import evaluate_box_prompted, evaluate_deepmac
+    from deepmac.evaluate import evaluate_box_prompted, evaluate_deepmac, filled_box_miou
     from deepmac.experiment import eval_root
     from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
     from deepmac.predictor import PROMPTABLE_MODEL_TYPES, BoxPromptedSegmenter
@@ -161,7 +175,7 @@ def run_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # before the (slow) checkpoint and dataset loads
     if args.out:
         check_output_file(args.out, "--out")
-    ckpt = _load_any_checkpoint(args.checkpoint)
+    ckpt = load_any_checkpoint(args.checkpoint)
     cfg = config_from_dict(ckpt["config"])
     root = Path(args.data_root) if args.data_root else eval_root(cfg)
     dataset = CocoInstances(root, args.split, mask_split=cfg.data.mask_split)
@@ -174,19 +188,29 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{ckpt['model_type']!r} model"
         )
     if ckpt["model_type"] in DETECTOR_MODEL_TYPES and not args.gt_boxes:
-        predictor = _from_checkpoint(
+        predictor = build_from_checkpoint(
             DeepMACPredictor.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
         )
         metrics, _ = evaluate_deepmac(predictor, dataset, **options)
         shown = {k: v for k, v in metrics.items() if k.endswith(("/AP", "/AP50", "/AP75"))}
         title = f"{args.checkpoint} on {root.name}/{args.split} (detected boxes):"
     else:
-        segmenter = _from_checkpoint(
+        segmenter = build_from_checkpoint(
             BoxPromptedSegmenter.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
         )
         metrics, _ = evaluate_box_prompted(segmenter, dataset, **options)
-        shown = {k: v for k, v in metrics.items() if k.endswith(("/mIoU", "/mIoU_class", "/AP"))}
-        title = f"{args.checkpoint} on {root.name}/{args.split} (ground-truth boxes):"
+        baseline = filled_box_miou(dataset, max_images=args.max_images)
+        metrics |= {f"filled_box/{k}": v for k, v in baseline.items()}
+        # No bbox/* rows: the ground-truth boxes, scored against themselves, give AP 1.
+        shown = {
+            k.replace("mask_iou/", "model/").replace("filled_box/model/", "filled box/"): v
+            for k, v in metrics.items()
+            if k.endswith(("/mIoU", "/mIoU_class")) or (k.startswith("segm/") and k.endswith("/AP"))
+        }
+        title = (
+            f"{args.checkpoint} on {root.name}/{args.split} (ground-truth boxes as prompts; the "
+            f"filled box is the baseline to beat):"
+        )
     elapsed = time.perf_counter() - start
     print_metrics(shown, title=title)
     print(f"{elapsed:.1f} s for {min(len(dataset), args.max_images or len(dataset))} images")
@@ -196,104 +220,13 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_id(path: Path, index: int) -> int:
-    """COCO files are named by their id (000000000139.jpg); other files get their rank."""
-    return int(path.stem) if path.stem.isdigit() else index
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from deepmac.cli.image_files import collect_images
-    from deepmac.data.images import check_frame, open_image, read_image
-    from deepmac.engine.devices import resolve_device
-    from deepmac.evaluation import instances_to_coco_results, write_coco_results
-    from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
-    from deepmac.predictor import BoxPromptedSegmenter
-    from deepmac.visualization import draw_instances
-
-    # Everything that can be checked is, before the first image: results are written last.
-    device = resolve_device(args.device)
-    check_output_file(args.out, "--out")
-    viz = check_output_folder(args.viz, "--viz") if args.viz else None
-    sizes = collect_images(args.images)
-    images = list(sizes)
-    ckpt = _load_any_checkpoint(args.checkpoint)
-    if args.boxes is None and ckpt["model_type"] not in DETECTOR_MODEL_TYPES:
-        raise UsageError("a box-prompted model needs --boxes (COCO instances or results JSON)")
-    prompts = None
-    if args.boxes is not None:
-        from deepmac.prompts import load_box_prompts, warn_if_xyxy
-
-        prompts = load_box_prompts(args.boxes, [p.name for p in images])
-        frames = {p.name: sizes[p] for p in images}
-        for name, prompt in prompts.items():
-            if prompt.frame is not None:
-                check_frame(prompt.frame, *frames[name], name, str(args.boxes))
-        drawn_on = {n: p.frame or frames[n][0] for n, p in prompts.items()}
-        warn_if_xyxy(prompts, drawn_on, args.boxes)
-    if viz is not None:
-        viz.mkdir(parents=True, exist_ok=True)
-    results, num_boxes, start = [], 0, time.perf_counter()
-    if prompts is None:
-        predictor = _from_checkpoint(
-            DeepMACPredictor.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
-        )
-        predictor.score_threshold = args.score_threshold
-        for index, path in enumerate(images):
-            image = open_image(path)  # as displayed (EXIF orientation applied)
-            inst = predictor.predict(image)
-            num_boxes += len(inst.boxes)
-            results += instances_to_coco_results(
-                _image_id(path, index), inst.boxes, inst.scores, inst.category_ids, inst.masks
-            )
-            if viz is not None:
-                labels = [
-                    f"{n} {s:.2f}" for n, s in zip(inst.names, inst.scores.tolist(), strict=True)
-                ]
-                draw_instances(image, inst.masks, inst.boxes, labels).save(viz / f"{path.stem}.png")
-    else:
-        # Any model with a mask branch takes box prompts, Deep-MAC included.
-        segmenter = _from_checkpoint(
-            BoxPromptedSegmenter.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
-        )
-        for path in images:
-            prompt = prompts.get(path.name)
-            if prompt is None:
-                logger.warning("%s: no boxes in %s, skipped", path.name, args.boxes)
-                continue
-            # The frame the boxes were drawn in: an instances JSON's width and height pick it
-            # as for a dataset; otherwise the image as displayed.
-            image = Image.fromarray(read_image(path, frame=prompt.frame, source=str(args.boxes)))
-            prompt = prompt.valid(image.height, image.width, source=str(args.boxes))
-            if len(prompt.boxes) == 0:
-                continue
-            masks = segmenter.predict(image, prompt.boxes)
-            num_boxes += len(prompt.boxes)
-            results += instances_to_coco_results(
-                prompt.image_id, prompt.boxes, prompt.scores, prompt.category_ids, masks
-            )
-            if viz is not None:
-                overlay = draw_instances(image, masks, prompt.boxes, prompt.labels)
-                overlay.save(viz / f"{path.stem}.png")
-    write_coco_results(args.out, results)
-    elapsed = time.perf_counter() - start
-    print(
-        f"{len(results)} masks for {len(images)} images in {elapsed:.1f} s "
-        f"({1e3 * elapsed / max(len(images), 1):.0f} ms per image) -> {args.out}"
-    )
-    return 0
-
-
 def run_export(args: argparse.Namespace) -> int:
-    import json
-
     from deepmac.export import check_onnx_parity, export_onnx
     from deepmac.models.build import MODEL_TYPES, model_from_checkpoint
 
     check_output_file(args.onnx, "--onnx")
-    ckpt = _load_any_checkpoint(args.checkpoint)
-    model, cfg = _from_checkpoint(
+    ckpt = load_any_checkpoint(args.checkpoint)
+    model, cfg = build_from_checkpoint(
         model_from_checkpoint, ckpt, args.checkpoint, model_types=MODEL_TYPES
     )
     model_type = "box_prompted" if args.prompt else cfg.model.type

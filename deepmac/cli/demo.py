@@ -13,35 +13,21 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from deepmac.cli.errors import UsageError
 from deepmac.cli.paths import check_output_folder
 from deepmac.cli.report import print_metrics, write_json_atomic
 from deepmac.data import CocoInstances, demo_data_root
 from deepmac.data.class_splits import NONVOC_CATEGORY_IDS
-from deepmac.evaluate import coco_category_ids
-from deepmac.evaluation import MaskIoUEvaluator, write_coco_results
-from deepmac.structures.masks import paste_masks_in_image
-from deepmac.visualization import draw_instances
+from deepmac.evaluate import coco_category_ids, filled_box_miou
+from deepmac.evaluation import write_coco_results
+from deepmac.visualization import draw_comparison
 
 logger = logging.getLogger(__name__)
 
 #: The ``name`` in a demo run's config.json: how a later demo knows the folder is its own to
 #: replace (a ``deepmac train box_prompted_demo`` run is named after the preset).
 DEMO_RUN_NAME = "deepmac_demo"
-
-
-def filled_box_miou(dataset: CocoInstances, mask_size: int = 32) -> dict[str, float]:
-    """mIoU of the filled box used as the mask, pasted through the model's output path."""
-    miou = MaskIoUEvaluator()
-    for index in range(len(dataset)):
-        _, target = dataset[index]
-        boxes = target["boxes"]
-        ones = torch.ones(len(boxes), mask_size, mask_size)
-        masks = paste_masks_in_image(ones, boxes, target["size"])
-        miou.process(masks, target["gt_masks"], coco_category_ids(dataset, target["labels"]))
-    return miou.evaluate()
 
 
 def _holds_other_run(out_dir: Path) -> list[str]:
@@ -146,10 +132,6 @@ def _write_overlays(overlay_dir: Path, dataset: CocoInstances, segmenter) -> Non
             continue
         boxes = target["boxes"][keep]
         names = [dataset.category_names[int(c)] for c in target["labels"][keep]]
-        masks = segmenter.predict(image, boxes)
-        left = draw_instances(image, target["gt_masks"][keep], boxes, names)
-        right = draw_instances(image, masks, boxes, names)
-        canvas = Image.new("RGB", (left.width * 2, left.height))
-        canvas.paste(left, (0, 0))
-        canvas.paste(right, (left.width, 0))
+        masks, scores = segmenter.predict(image, boxes)
+        canvas = draw_comparison(image, target["gt_masks"][keep], masks, boxes, names, scores)
         canvas.save(overlay_dir / f"{target['image_id']:012d}.png")

@@ -20,8 +20,11 @@ examples:
   deepmac train --list
   deepmac train box_prompted_cpu --data-root ../shared/data/coco_tiny --out runs/tiny --steps 500
   deepmac train box_prompted_cpu --out runs/tiny --resume
+  deepmac train box_prompted_cpu --print-config > my.json; deepmac train --config my.json
   deepmac eval runs/tiny/last.pt --data-root ../shared/data/coco_mini --out metrics.json
   deepmac predict runs/tiny/last.pt --images DIR --boxes boxes.json --out masks.json --viz viz/
+  deepmac predict runs/tiny/last.pt --images photos/ --boxes boxes.csv --format instances \
+      --segmentation polygon --out instances.json --viz viz/
   deepmac export runs/tiny/last.pt --onnx runs/tiny/model.onnx
   deepmac heads
   deepmac score results.json --gt ../shared/data/coco_mini/annotations/instances_val2017.json
@@ -60,7 +63,9 @@ def _add_train(subparsers) -> None:
         "model.mask_head=hourglass52 train.lr=5e-4). Writes OUT/last.pt, OUT/config.json and "
         "OUT/metrics.jsonl.",
     )
-    parser.add_argument("preset", nargs="?", help="preset name (see --list)")
+    parser.add_argument(
+        "preset", nargs="?", help="preset name (see --list); optional with --config"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--list", action="store_true", help="list the presets and exit")
     parser.add_argument(
@@ -80,6 +85,11 @@ def _add_train(subparsers) -> None:
         choices=["auto", "cpu", "cuda"],
         help="training device (overrides train.device; default auto: cuda when available)",
     )
+    parser.add_argument(
+        "--amp",
+        choices=["none", "bf16", "fp16"],
+        help="autocast dtype (overrides train.amp), as --amp of eval and predict",
+    )
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument(
         "--resume",
@@ -92,7 +102,18 @@ def _add_train(subparsers) -> None:
         help="replace the run OUT holds (without it, or --resume, a folder holding a run is "
         "refused)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.json",
+        help="start from this config (e.g. a run's config.json, or --print-config's output) "
+        "instead of PRESET's; overrides still apply",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the full config (PRESET or --config, with the overrides) as JSON and exit",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     parser.set_defaults(handler=_lazy("run_train"))
 
 
@@ -143,30 +164,83 @@ def _add_predict(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="masks for images: from box prompts, or detected by Deep-MAC",
-        description="Masks for images, written as a COCO results JSON with RLE masks. With "
-        "--boxes (a COCO instances JSON or detection-results JSON, any category) the boxes "
-        "prompt the masks; a Deep-MAC checkpoint without --boxes detects and segments. Images "
-        "are read as displayed (EXIF orientation applied), or in the frame whose size an "
-        "instances JSON gives them; folder entries that are not readable images are skipped "
-        "with one warning.",
+        description="Masks for images. With --boxes the boxes prompt the masks (any category); "
+        "a Deep-MAC checkpoint without --boxes detects and segments. Boxes are matched to images "
+        "by file name, then by numeric id (000000000139.jpg is image 139); images of the boxes "
+        "file that are not given are skipped with a count. Images are read as displayed (EXIF "
+        "orientation applied), or in the frame whose size an instances JSON gives them; folder "
+        "entries that are not readable images are skipped with one warning. --format instances "
+        "writes a COCO instances JSON that CVAT and Label Studio import (their COCO importers).",
     )
     parser.add_argument("checkpoint", help="OUT/last.pt of a training run")
-    parser.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        help="image files, folders, or .txt lists of image paths (one a line, relative to the "
+        "list's folder)",
+    )
+    parser.add_argument("--recursive", action="store_true", help="also the folders' subfolders")
     parser.add_argument(
         "--boxes",
-        help="COCO instances or results JSON of box prompts; optional for a Deep-MAC "
-        "checkpoint, which then detects",
+        help="box prompts: a COCO instances JSON, a COCO results JSON (image_id a file name or "
+        "a numeric id), or a CSV with the header image,x1,y1,x2,y2[,label][,score]; optional "
+        "for a Deep-MAC checkpoint, which then detects",
+    )
+    parser.add_argument(
+        "--box-format",
+        choices=["xyxy", "xywh"],
+        help="how --boxes gives a box: xyxy corners, or xywh (corner, width, height); default "
+        "xywh for JSON (COCO's), xyxy for CSV (whose columns are then image,x,y,w,h)",
     )
     parser.add_argument(
         "--score-threshold",
         type=float_in(0.0, 1.0),
-        default=0.3,
+        default=0.3,  # deepmac.instance_predictor.DEFAULT_SCORE_THRESHOLD (no torch here)
         help="Deep-MAC detections below this score are dropped (default 0.3)",
     )
-    parser.add_argument("--out", required=True, help="COCO results JSON to write")
-    parser.add_argument("--viz", help="also write PNG overlays into this folder")
+    parser.add_argument(
+        "--mask-threshold",
+        type=float_in(0.0, 1.0),
+        default=0.5,
+        help="mask probability above which a pixel is in the mask (default 0.5)",
+    )
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument(
+        "--format",
+        choices=["results", "instances"],
+        default="results",
+        help="results (default): a COCO results list (deepmac score reads it); instances: a "
+        "COCO instances JSON with images, categories and annotations (id, area, iscrowd; the "
+        "input's crowd annotations kept), for annotation tools",
+    )
+    parser.add_argument(
+        "--segmentation",
+        choices=["rle", "polygon"],
+        default="rle",
+        help="mask encoding of --format instances: rle (default; exact) or polygon (the mask "
+        "outline, simplified; holes filled)",
+    )
+    parser.add_argument(
+        "--polygon-tolerance",
+        type=float_in(0.0),
+        default=1.0,
+        help="pixels a polygon may stray from the mask outline (default 1; 0: every pixel corner)",
+    )
+    parser.add_argument(
+        "--viz",
+        help="also write PNG overlays into this folder (ground truth beside prediction when "
+        "--boxes is an instances JSON with masks)",
+    )
     _add_inference_device(parser)
-    parser.set_defaults(handler=_lazy("run_predict"))
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    parser.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from deepmac.cli.predict import run_predict
+
+    return run_predict(args)
 
 
 def _lazy(name: str):
@@ -301,6 +375,13 @@ def _run_convert_tf(args: argparse.Namespace) -> int:
     return convert_tf_command(args)
 
 
+def _version() -> str:
+    """The installed package's version (``deepmac.__version__``, which imports no torch)."""
+    from deepmac import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepmac",
@@ -317,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="debug logging, and a traceback with an error",
     )
+    parser.add_argument("--version", action="version", version=f"deepmac {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (
         _add_demo,

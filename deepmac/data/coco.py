@@ -25,7 +25,15 @@ from deepmac.data.coco_rle import check_rle
 from deepmac.data.images import read_image
 from deepmac.structures.boxes import box_xywh_to_xyxy
 
-__all__ = ["CocoInstances", "Target", "Transform", "image_key", "image_keys", "load_coco_json"]
+__all__ = [
+    "CocoInstances",
+    "Target",
+    "Transform",
+    "decode_segmentations",
+    "image_key",
+    "image_keys",
+    "load_coco_json",
+]
 
 #: Per-image target dict; keys are listed in ``CocoInstances.__getitem__``.
 Target = dict[str, Any]
@@ -107,7 +115,7 @@ def _check_segmentation(seg: Any, ann: dict[str, Any], image: dict[str, Any], wh
     )
 
 
-def _decode_segmentations(segs: Sequence[Any], height: int, width: int) -> Tensor:
+def decode_segmentations(segs: Sequence[Any], height: int, width: int) -> Tensor:
     """Decode polygons / compressed / uncompressed RLEs into bool ``(N, H, W)`` masks."""
     if not segs:
         return torch.zeros(0, height, width, dtype=torch.bool)
@@ -474,7 +482,7 @@ class CocoInstances(Dataset):
             labels = torch.tensor([a["label"] for a in anns], dtype=torch.int64)
             target[f"{prefix}boxes"] = boxes
             target[f"{prefix}labels"] = labels
-            masks = _decode_segmentations([a["segmentation"] for a in anns], height, width)
+            masks = decode_segmentations([a["segmentation"] for a in anns], height, width)
             target["crowd_masks" if crowd else "gt_masks"] = masks
             if not crowd:
                 has_seg = torch.tensor(

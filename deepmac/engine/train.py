@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from tqdm.auto import tqdm
 
 from deepmac.engine.checkpoint import (
     LoaderCursor,
@@ -41,6 +40,7 @@ from deepmac.engine.checkpoint import (
 )
 from deepmac.engine.distributed import all_reduce_mean, get_world_size, is_main_process
 from deepmac.engine.metrics import MetricsLog, write_json_atomic
+from deepmac.engine.progress import TrainProgress
 
 __all__ = [
     "ForwardStep",
@@ -229,7 +229,9 @@ def train(
         accumulate_steps: micro-batches whose gradients make one optimizer step (each loss is
             divided by it, so a step equals one batch that many times larger for losses that
             average over the batch).
-        progress: show a tqdm bar (also hidden when stderr is not a TTY, and on ranks > 0).
+        progress: show progress on rank 0: a tqdm bar on a terminal, else an INFO log line
+            per logging window with step, loss, lr, images/s and ETA
+            (``deepmac.engine.progress.TrainProgress``).
 
     Returns:
         ``{"step", "losses" (last logged window), "eval" (last results or None), "checkpoint"
@@ -296,13 +298,7 @@ def train(
     window_sums: dict[str, float] = {}
     window_steps = window_images = 0
     start_time = window_time = time.perf_counter()
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        disable=None if progress and main else True,
-        dynamic_ncols=True,
-        desc="train",
-    )
+    bar = TrainProgress(total=total_steps, initial=step, enabled=progress and main)
     model.train()
     try:
         while step < total_steps:
@@ -353,7 +349,7 @@ def train(
             lr = optimizer.param_groups[0]["lr"]  # the rate this update used
             scheduler.step()
             step += 1
-            bar.update(1)
+            bar.update()
 
             for name, value in named.items():
                 window_sums[name] = window_sums.get(name, 0.0) + value
@@ -375,7 +371,7 @@ def train(
                 if grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
                 metrics.write(record)
-                bar.set_postfix(loss=f"{result['losses']['loss']:.4f}", img_s=f"{images_per_s:.1f}")
+                bar.log(step, result["losses"]["loss"], lr, images_per_s)
                 window_sums, window_steps, window_images, window_time = {}, 0, 0, now
 
             if evaluate is not None and eval_every and step % eval_every == 0:
