@@ -9,6 +9,22 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+#: Overrides that shrink ``box_prompted_demo`` to a model trained in seconds (64 px, ResNet-4
+#: head, float32), for the tests that go through ``deepmac train`` / ``predict``.
+TINY_BOX_PROMPTED_OVERRIDES = [
+    "data.image_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.max_instances=4",
+    "model.mask_head=resnet4",
+    "model.mask_size=16",
+    "model.embedding_head_channels=16",
+    "train.warmup_steps=1",
+    "train.log_every=1",
+    "train.checkpoint_every=0",
+    "train.amp=none",
+]
+
 
 def _coco_root(name: str) -> Path:
     root = SHARED_DATA / name

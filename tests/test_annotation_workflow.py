@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BOX_PROMPTED_OVERRIDES
 from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
@@ -29,19 +30,7 @@ from deepmac.models.build import build_model
 from deepmac.presets import get_preset
 from deepmac.structures.polygons import mask_to_polygons
 
-TINY = [
-    "data.image_size=64",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "data.max_instances=4",
-    "model.mask_head=resnet4",
-    "model.mask_size=16",
-    "model.embedding_head_channels=16",
-    "train.warmup_steps=1",
-    "train.log_every=1",
-    "train.checkpoint_every=0",
-    "train.amp=none",
-]
+TINY = TINY_BOX_PROMPTED_OVERRIDES
 VAL_JSON = demo_data_root() / "annotations" / "instances_val2017.json"
 
 

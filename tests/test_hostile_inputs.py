@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BOX_PROMPTED_OVERRIDES
 from PIL import ExifTags, Image, ImageOps
 
 from deepmac.cli.main import build_parser, main
@@ -32,19 +33,7 @@ from deepmac.predictor import BoxPromptedSegmenter, check_prompt_boxes
 from deepmac.presets import get_preset
 from deepmac.prompts import load_box_prompts
 
-TINY = [
-    "data.image_size=64",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "data.max_instances=4",
-    "model.mask_head=resnet4",
-    "model.mask_size=16",
-    "model.embedding_head_channels=16",
-    "train.warmup_steps=1",
-    "train.log_every=1",
-    "train.checkpoint_every=0",
-    "train.amp=none",
-]
+TINY = TINY_BOX_PROMPTED_OVERRIDES
 
 
 #: ``deepmac train`` of the tiny model's preset, without a progress bar.
