@@ -25,10 +25,9 @@ from pathlib import Path
 
 import torch
 
-from deepmac.cli.demo import filled_box_miou
 from deepmac.config import apply_overrides
 from deepmac.data import CocoInstances
-from deepmac.evaluate import evaluate_box_prompted
+from deepmac.evaluate import evaluate_box_prompted, filled_box_miou
 from deepmac.experiment import run_training
 from deepmac.io import write_json_atomic
 from deepmac.predictor import BoxPromptedSegmenter

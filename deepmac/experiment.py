@@ -25,6 +25,7 @@ from deepmac.data import (
 from deepmac.data.coco import image_keys
 from deepmac.engine import build_warmup_cosine, resume_from, train
 from deepmac.engine.checkpoint import remove_run_files, remove_stale_temp_files
+from deepmac.engine.devices import DEVICE_CHOICES, resolve_device
 from deepmac.engine.distributed import init_distributed, wrap_ddp
 from deepmac.engine.precision import amp_dtype
 from deepmac.evaluate import evaluate_model
@@ -131,13 +132,10 @@ def check_image_size(cfg: ExperimentConfig, size_multiple: int) -> None:
 def training_device(name: str, local_rank: int = 0) -> torch.device:
     """``train.device`` as a device: "auto" is CUDA when available; under torchrun a CUDA
     process takes ``cuda:LOCAL_RANK``."""
-    if name not in ("auto", "cpu", "cuda"):
+    if name not in DEVICE_CHOICES:
         raise ValueError(f"train.device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but torch sees no CUDA device (CPU build or no GPU)")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
+    device = resolve_device(name)  # refuses cuda without CUDA
+    return torch.device("cuda", local_rank) if device.type == "cuda" else device
 
 
 def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
