@@ -101,6 +101,10 @@ class DataConfig:
     val_split: str = "val2017"
     #: evaluation root; empty = the first training root.
     val_root: str = ""
+    #: further image sets (``ROOT@SPLIT``; the root ``demo`` is the embedded demo sample) whose
+    #: images are left out of training, as the evaluation images always are: e.g. the demo's
+    #: held-out images, which the bundled models must never see.
+    exclude_from_training: list[str] = field(default_factory=list)
     #: classes whose masks supervise the mask head: voc, nonvoc, all, or comma-separated COCO ids.
     mask_split: str = "voc"
     image_size: int = 512

@@ -59,20 +59,42 @@ def evaluation_image_keys(cfg: ExperimentConfig) -> set[tuple[str, int, int]]:
     return image_keys(ann_file) if ann_file.is_file() else set()
 
 
+def excluded_image_keys(cfg: ExperimentConfig) -> set[tuple[str, int, int]]:
+    """``image_key`` of every image training must not see: the evaluation set and the sets of
+    ``data.exclude_from_training``.
+
+    Raises:
+        FileNotFoundError: an ``exclude_from_training`` set has no annotation file (a typo
+            there would silently train on the images it was meant to hold out).
+    """
+    keys = evaluation_image_keys(cfg)
+    for entry in cfg.data.exclude_from_training:
+        root, _, split = str(entry).partition("@")
+        root_path = demo_data_root() if root == "demo" else Path(root)
+        ann_file = root_path / "annotations" / f"instances_{split or cfg.data.val_split}.json"
+        if not ann_file.is_file():
+            raise FileNotFoundError(
+                f"data.exclude_from_training entry {entry!r}: expected a COCO annotation file "
+                f"at {ann_file}, found none"
+            )
+        keys |= image_keys(ann_file)
+    return keys
+
+
 def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInstances]:
     """One dataset per training set, without the evaluation images.
 
-    An image that is also in the evaluation set is dropped from training with one warning
-    per training set naming it: scores on images the model trained on measure memory, not
-    segmentation (coco_tiny val2017 and coco_mini val2017, both subsets of COCO val2017,
-    share an image).
+    An image that is also in the evaluation set (or in ``data.exclude_from_training``) is
+    dropped from training with one warning per training set naming it: scores on images the
+    model trained on measure memory, not segmentation (coco_tiny val2017 and coco_mini
+    val2017, both subsets of COCO val2017, share an image).
 
     Raises:
         ValueError: a training set is left without images, or the sets hold nothing to learn
             from: no instance at all, or (box-prompted model) no instance with a mask of a
             mask-supervised class. Training on them would log a loss of 0 and exit 0.
     """
-    held_out = evaluation_image_keys(cfg)
+    held_out = excluded_image_keys(cfg)
     datasets = []
     for root, split in training_sets(cfg):
         dataset = CocoInstances(
@@ -85,12 +107,13 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
         if dataset.excluded_file_names:
             names = ", ".join(dataset.excluded_file_names)
             logger.warning(
-                "%s/%s: %d image(s) of the evaluation set %s/%s left out of training: %s",
+                "%s/%s: %d image(s) of the evaluation set %s/%s%s left out of training: %s",
                 root,
                 split,
                 len(dataset.excluded_file_names),
                 eval_root(cfg),
                 cfg.data.val_split,
+                "".join(f" or {entry}" for entry in cfg.data.exclude_from_training),
                 names,
             )
         if len(dataset) == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from pathlib import Path
 
 from deepmac.config import DataConfig, ExperimentConfig, ModelConfig, RCNNConfig, TrainConfig
 
@@ -74,6 +75,45 @@ def _table4(head: str) -> Callable[[], ExperimentConfig]:
         f"backbone and schedule as the other table4_* presets."
     )
     return preset
+
+
+#: The shared COCO subsets beside the repository (``../shared/data``), where the bundled
+#: models' recipes read their training images.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _bundled(name: str, mask_split: str, steps: int) -> ExperimentConfig:
+    """The recipe of a bundled model (``deepmac/assets/models``): box_prompted_cpu's model and
+    speed choices, trained longer on every shared image except the evaluation split (coco_mini
+    val2017) and the demo's 8 held-out images."""
+    cfg = box_prompted_cpu()
+    cfg.name = name
+    cfg.model.backbone_init = "imagenet"
+    cfg.data.roots = [
+        f"{SHARED_DATA / 'coco_tiny'}@train2017",
+        f"{SHARED_DATA / 'coco_tiny'}@val2017",
+        f"{SHARED_DATA / 'coco_mini'}@train2017",
+    ]
+    cfg.data.val_root = str(SHARED_DATA / "coco_mini")
+    cfg.data.exclude_from_training = ["demo@val2017"]
+    cfg.data.mask_split = mask_split
+    cfg.train.steps = steps
+    cfg.train.warmup_steps = 150
+    cfg.train.checkpoint_every = 100
+    return cfg
+
+
+def bundled_box_prompted_voc() -> ExperimentConfig:
+    """Recipe of the bundled model box-prompted-voc: masks of the 20 VOC classes only (the
+    paper's setting), every shared training image but coco_mini val2017 and the demo's
+    held-out images."""
+    return _bundled("bundled_box_prompted_voc", "voc", steps=3200)
+
+
+def bundled_box_prompted_all() -> ExperimentConfig:
+    """Recipe of the bundled model box-prompted-all: masks of every class, the same images
+    and model as box-prompted-voc."""
+    return _bundled("bundled_box_prompted_all", "all", steps=2600)
 
 
 def box_prompted_hg104() -> ExperimentConfig:
@@ -255,6 +295,8 @@ PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "box_prompted_demo": box_prompted_demo,
     "box_prompted_cpu": box_prompted_cpu,
     "box_prompted_hg104": box_prompted_hg104,
+    "bundled_box_prompted_voc": bundled_box_prompted_voc,
+    "bundled_box_prompted_all": bundled_box_prompted_all,
     "table4_resnet4": _table4("resnet4"),
     "table4_hourglass20": _table4("hourglass20"),
     "table4_hourglass52": _table4("hourglass52"),
