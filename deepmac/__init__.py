@@ -3,6 +3,7 @@
 The Python API, importable from the package::
 
     from deepmac import BoxPromptedSegmenter, load_model
+    seg = BoxPromptedSegmenter.from_pretrained("box-prompted-all")  # a bundled model
     seg = BoxPromptedSegmenter.from_checkpoint("runs/demo/last.pt")
     masks, scores = seg.predict(image, [[x1, y1, x2, y2]])   # (N, H, W) bool, (N,) numpy
     instances = load_model("runs/deepmac/last.pt").predict(image)   # Deep-MAC detections
@@ -17,15 +18,21 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["BoxPromptedSegmenter", "DeepMACPredictor", "Instances", "__version__", "load_model"]
-
 #: Public name -> the module that defines it.
 _EXPORTS = {
     "BoxPromptedSegmenter": "deepmac.predictor",
     "DeepMACPredictor": "deepmac.instance_predictor",
     "Instances": "deepmac.instance_predictor",
     "load_model": "deepmac.instance_predictor",
+    "MASK_HEADS": "deepmac.mask_heads",
+    "build_mask_head": "deepmac.mask_heads",
+    "build_model": "deepmac.models.build",
+    "bundled_names": "deepmac.pretrained",
+    "get_preset": "deepmac.presets",
+    "run_training": "deepmac.experiment",
 }
+
+__all__ = [*_EXPORTS, "__version__"]
 
 try:
     __version__ = version("deepmac")

@@ -105,6 +105,10 @@ class DataConfig:
     #: images are left out of training, as the evaluation images always are: e.g. the demo's
     #: held-out images, which the bundled models must never see.
     exclude_from_training: list[str] = field(default_factory=list)
+    #: train on this fraction of each training set's images (0 < f <= 1): the first of a
+    #: fixed shuffle (seed 0, whatever ``train.seed``), so smaller fractions are subsets of
+    #: larger ones (the data-scaling curve).
+    train_fraction: float = 1.0
     #: classes whose masks supervise the mask head: voc, nonvoc, all, or comma-separated COCO ids.
     mask_split: str = "voc"
     image_size: int = 512
@@ -120,6 +124,10 @@ class TrainConfig:
     """Optimisation. Defaults follow the official Deep-MAC configs scaled to a short run."""
 
     steps: int = 2000
+    #: a bundled model's name or a deepmac checkpoint whose weights start every tensor of the
+    #: model (fine-tuning); its architecture must be the one ``model`` describes (``deepmac
+    #: train --init`` takes ``model`` from it). Empty: ``model.backbone_init`` and random init.
+    init_from: str = ""
     #: "adam" (the official Deep-MAC configs) or "sgd" (momentum; Mask R-CNN / Model Garden).
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -137,6 +145,9 @@ class TrainConfig:
     mask_head_instances: str = "all"
     seed: int = 0
     log_every: int = 20
+    #: also write the logged records as TensorBoard scalars to ``OUT/tensorboard/`` (needs
+    #: ``pip install 'deepmac[tensorboard]'``).
+    tensorboard: bool = False
     eval_every: int = 0
     checkpoint_every: int = 500
     #: "none", "bf16" (CPU or GPU autocast; AMX makes it several times faster on recent x86)
@@ -226,6 +237,17 @@ def _coerce(text: str, annotation: Any, key: str) -> Any:
             raise ValueError(f"{key} expects {len(args)} comma-separated values, got {text!r}")
         return origin(values)
     raise TypeError(f"cannot parse {key} of type {annotation}")
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model.mask_head": ..., ...}`` of a nested config dict (``to_dict``'s)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= flatten_config(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:

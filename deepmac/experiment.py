@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,14 @@ from deepmac.data import (
     build_train_transforms,
     demo_data_root,
 )
-from deepmac.data.coco import image_keys
+from deepmac.data.coco import image_key, image_keys
 from deepmac.engine import build_warmup_cosine, resume_from, train
-from deepmac.engine.checkpoint import remove_run_files, remove_stale_temp_files
+from deepmac.engine.checkpoint import (
+    load_checkpoint,
+    load_model_state,
+    remove_run_files,
+    remove_stale_temp_files,
+)
 from deepmac.engine.devices import DEVICE_CHOICES, resolve_device
 from deepmac.engine.distributed import init_distributed, wrap_ddp
 from deepmac.engine.precision import amp_dtype
@@ -95,6 +101,9 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
             mask-supervised class. Training on them would log a loss of 0 and exit 0.
     """
     held_out = excluded_image_keys(cfg)
+    fraction = cfg.data.train_fraction
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.train_fraction must be in (0, 1], got {fraction}")
     datasets = []
     for root, split in training_sets(cfg):
         dataset = CocoInstances(
@@ -122,6 +131,15 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
                 f"{eval_root(cfg)}/{cfg.data.val_split} are left out; expected a training split "
                 f"distinct from the evaluation split (set data.val_root / data.val_split)"
             )
+        if fraction < 1:
+            beyond = _keys_beyond_fraction(dataset, fraction)
+            dataset = CocoInstances(
+                root,
+                split,
+                mask_split=cfg.data.mask_split,
+                transforms=transforms,
+                exclude_images=held_out | beyond,
+            )
         datasets.append(dataset)
     names = ", ".join(f"{root}/{split}" for root, split in training_sets(cfg))
     num_images = sum(len(d) for d in datasets)
@@ -137,6 +155,13 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
             f"learn from (the box-prompted model learns only from masks)"
         )
     return datasets
+
+
+def _keys_beyond_fraction(dataset: CocoInstances, fraction: float) -> set[tuple[str, int, int]]:
+    """``image_key`` of the images after the first ``ceil(fraction * len)`` of a fixed
+    shuffle (seed 0): what ``data.train_fraction`` leaves out."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    return {image_key(dataset.image_info(i)) for i in order[math.ceil(fraction * len(order)) :]}
 
 
 def check_image_size(cfg: ExperimentConfig, size_multiple: int) -> None:
@@ -159,6 +184,24 @@ def training_device(name: str, local_rank: int = 0) -> torch.device:
         raise ValueError(f"train.device must be auto, cpu or cuda, got {name!r}")
     device = resolve_device(name)  # refuses cuda without CUDA
     return torch.device("cuda", local_rank) if device.type == "cuda" else device
+
+
+def init_from_checkpoint(model: torch.nn.Module, path_or_name: str) -> None:
+    """Start every tensor of ``model`` from a checkpoint's weights (``train.init_from``).
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable, of another model type, or its tensors
+            do not fit the model (one line naming the first mismatch).
+    """
+    ckpt = load_checkpoint(path_or_name, expected_model_type=model.model_type)
+    with torch.no_grad():
+        load_model_state(model, ckpt["model"], str(path_or_name))
+    logger.info(
+        "initialised all %d tensors of the model from %s (step %d)",
+        len(ckpt["model"]),
+        path_or_name,
+        ckpt["step"],
+    )
 
 
 def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
@@ -222,6 +265,8 @@ def run_training(
     # weights (and logging about them) again would be wasted.
     model_cfg = dataclasses.replace(cfg.model, backbone_init=None) if resume else cfg.model
     model = build_model(model_cfg).to(device)  # before the optimizer holds its parameters
+    if cfg.train.init_from and not resume:
+        init_from_checkpoint(model, cfg.train.init_from)
     check_image_size(cfg, model.size_multiple)
     if rank:
         # Same initial weights everywhere (DDP also broadcasts rank 0's), but each process
@@ -317,4 +362,5 @@ def run_training(
         amp_dtype=amp_dtype(cfg.train.amp),
         accumulate_steps=cfg.train.accumulate_steps,
         progress=progress,
+        tensorboard=cfg.train.tensorboard,
     )

@@ -1,6 +1,7 @@
 """``BoxPromptedSegmenter``: turn boxes of any class into masks with a trained checkpoint.
 
     from deepmac import BoxPromptedSegmenter
+    seg = BoxPromptedSegmenter.from_pretrained("box-prompted-all")  # a bundled model, or
     seg = BoxPromptedSegmenter.from_checkpoint("runs/demo/last.pt")  # device="cuda", amp="bf16"
     masks, scores = seg.predict(image, [x1, y1, x2, y2])  # (1, H, W) bool, (1,) float32 numpy
     masks, scores = seg.predict(image, boxes_xywh, box_format="xywh")  # (N, 4) COCO boxes
@@ -17,6 +18,7 @@ import math
 import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -216,6 +218,25 @@ class BoxPromptedSegmenter:
         return cls(
             model, image_size=cfg.data.image_size, box_chunk=box_chunk, device=device, amp=amp
         )
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs: Any) -> BoxPromptedSegmenter:
+        """A bundled model by name (``deepmac models`` lists them, ``docs/models.md`` has
+        their cards), e.g. ``"box-prompted-all"``; ``kwargs`` as ``from_checkpoint``.
+
+        Raises:
+            ValueError: ``name`` is no bundled model (with a did-you-mean).
+        """
+        from deepmac.pretrained import MODELS_DIR, bundled_names, resolve_model_path
+
+        if name not in bundled_names():
+            resolve_model_path(name)  # raises with the did-you-mean for a bare word
+            raise ValueError(
+                f"{name!r} is not a bundled model (expected one of "
+                f"{', '.join(bundled_names()) or 'none'} in {MODELS_DIR}); for a checkpoint "
+                f"file use BoxPromptedSegmenter.from_checkpoint"
+            )
+        return cls.from_checkpoint(MODELS_DIR / f"{name}.pt", **kwargs)
 
     def _autocast(self) -> AbstractContextManager:
         return autocast(self.device, self.amp_dtype)

@@ -46,6 +46,17 @@ def coco_mini_root() -> Path:
 
 
 @pytest.fixture
+def two_threads():
+    """Torch on two threads for the test, as on the CI machine kind; restored after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def train_steps():
     """``run(model, step, batch, steps=8, lr=1e-3) -> (last losses, totals)``: Adam steps of a
     training ``step`` (``deepmac.steps``) on one fixed batch, the sum of losses after each."""

@@ -34,12 +34,8 @@ TINY = TINY_BOX_PROMPTED_OVERRIDES
 VAL_JSON = demo_data_root() / "annotations" / "instances_val2017.json"
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+#: Every test here runs on two threads (the machine kind), whatever the session set.
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def tiny_config() -> ExperimentConfig:
@@ -367,3 +363,52 @@ def test_eval_table_shows_the_filled_box_baseline_not_box_ap(checkpoint, capsys)
     out = capsys.readouterr().out
     assert "filled box/all" in out and "model/all" in out and "segm/all" in out
     assert "bbox/" not in out
+
+
+# ----------------------------------------------------------------------------- training curves
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A 4-step tiny run evaluated at steps 2 and 4, with TensorBoard events when installed."""
+    run = tmp_path_factory.mktemp("run")
+    board = ["train.tensorboard=true"] if _has_tensorboard() else []
+    argv = ["train", "box_prompted_demo", "--out", run, "--steps", "4", "--no-progress", *TINY]
+    argv += ["train.eval_every=2", "eval.max_images=2", *board]
+    assert cli(*argv) == 0
+    return run
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_plot_draws_losses_lr_and_eval_curves(tiny_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "curves.png"
+    assert cli("plot", tiny_run, "--out", out) == 0
+    with Image.open(out) as image:
+        # Three panels (losses, lr, evaluation) side by side: 15 x 3.6 inches (two: 10 x 3.6).
+        assert image.format == "PNG" and image.width > 3.5 * image.height
+    assert cli("plot", tiny_run) == 0 and (tiny_run / "curves.png").is_file()
+    capsys.readouterr()
+    assert cli("plot", tmp_path) == 1
+    assert "has no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_tensorboard_events_hold_the_logged_losses(tiny_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tiny_run / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in logged if r["type"] == "train"]
+    scalars = events.Scalars("train/loss")
+    assert [s.step for s in scalars] == [r["step"] for r in train]
+    assert [s.value for s in scalars] == pytest.approx([r["loss"] for r in train], rel=1e-6)
+    assert "eval/mask_iou/all/mIoU" in events.Tags()["scalars"]

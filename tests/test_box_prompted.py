@@ -19,13 +19,8 @@ from deepmac.predictor import BoxPromptedSegmenter, check_prompt_boxes
 from deepmac.presets import get_preset
 from deepmac.prompts import load_box_prompts
 
-
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+#: Every test here runs on two threads (the machine kind), whatever the session set.
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 # ----------------------------------------------------------------------------- mask branch

@@ -41,21 +41,23 @@ def test_unknown_command_is_rejected(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_demo_writes_checkpoint_metrics_results_and_overlays(tmp_path, capsys):
-    # Two training steps: the whole path runs; quality is the full demo's business.
+def test_demo_scores_the_bundled_model_then_fine_tunes_it(tmp_path, capsys):
+    # Two fine-tuning steps: the whole path runs; quality is the full demo's business.
     assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--no-progress"]) == 0
     assert (tmp_path / "last.pt").is_file()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     # GT boxes as detections: box AP is exactly 1 whatever the masks.
     assert metrics["bbox/all/AP"] == pytest.approx(1.0)
     assert metrics["mask_iou/all/num_instances"] == 64
-    assert 0.0 <= metrics["mask_iou/nonvoc/mIoU"] <= 1.0
+    assert metrics["bundled/mask_iou/all/num_instances"] == 64
+    assert metrics["bundled_model"] == "box-prompted-voc" and metrics["train_steps"] == 2
     # The baseline printed beside the model: filled boxes score like boxes.
     assert 0.4 < metrics["filled_box/mask_iou/nonvoc/mIoU"] < 0.8
-    # One overlay per held-out image holding a non-VOC instance (7 of the 8).
-    assert len(list((tmp_path / "overlays").glob("*.png"))) == 7
+    # One overlay per held-out image holding a non-VOC instance (7 of the 8), per model.
+    for model in ("bundled", "fine_tuned"):
+        assert len(list((tmp_path / "overlays" / model).glob("*.png"))) == 7
     out = capsys.readouterr().out
-    assert "filled box mIoU" in out and "What to expect" in out
+    assert "filled box" in out and "fine-tuned" in out and "The bundled model" in out
     # The results file scores to the same mask AP through the score command.
     ann = demo_data_root() / "annotations" / "instances_val2017.json"
     scored_path = tmp_path / "scored.json"

@@ -13,13 +13,8 @@ from deepmac.data import CocoInstances, build_eval_transforms, collate_instances
 from deepmac.models.build import build_model
 from deepmac.steps import DeepMACStep
 
-
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+#: Every test here runs on two threads (the machine kind), whatever the session set.
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def tiny_model(num_classes: int = 80):

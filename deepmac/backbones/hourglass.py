@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepmac.backbones.base import Backbone
-from deepmac.mask_heads.hourglass import ConvBlock, EncoderDecoderBlock, ResidualBlock
+from deepmac.layers.hourglass_blocks import ConvBlock, EncoderDecoderBlock, ResidualBlock
 
 __all__ = ["HOURGLASS_BACKBONES", "HourglassBackbone", "build_hourglass_backbone"]
 

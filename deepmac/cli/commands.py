@@ -4,6 +4,7 @@ they share with ``predict`` (the parser is in ``main``)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 from deepmac.cli.errors import UsageError
 from deepmac.cli.paths import check_output_file, check_output_folder
 from deepmac.cli.report import print_metrics, write_json_atomic
+from deepmac.config import flatten_config
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -23,21 +25,10 @@ T = TypeVar("T")
 _RESUME_FIXED = ("model.", "train.optimizer")
 
 
-def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    """``{"model.mask_head": ..., ...}`` of a nested config dict."""
-    flat: dict[str, object] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _check_resume_overrides(saved: dict, resumed: dict, out: Path) -> None:
     """Refuse overrides that change what the checkpoint's weights were trained as; log the
     others (a resumed run with them is no longer bit-identical to an uninterrupted one)."""
-    before, after = _flatten(saved), _flatten(resumed)
+    before, after = flatten_config(saved), flatten_config(resumed)
     changed = [k for k in after if after[k] != before.get(k) and k != "model.backbone_init"]
     fixed = [k for k in changed if k.startswith(_RESUME_FIXED)]
     if fixed:
@@ -90,7 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         cfg.train.steps = args.steps
     if args.init is not None:
-        cfg.model.backbone_init = args.init
+        _apply_init(cfg, args.init)
     if args.device is not None:
         cfg.train.device = args.device
     if args.amp is not None:
@@ -124,6 +115,58 @@ def run_train(args: argparse.Namespace) -> int:
             f"checkpoint: {out / 'last.pt'}"
         )
     return 0
+
+
+def _apply_init(cfg, init: str) -> None:
+    """``--init``: a bundled model or deepmac checkpoint starts the whole model (and gives its
+    architecture); a backbone weights file or 'imagenet' starts the backbone."""
+    from deepmac.config import config_from_dict
+    from deepmac.engine.checkpoint import NotADeepmacCheckpoint, load_checkpoint
+    from deepmac.pretrained import resolve_model_path
+
+    if init == "imagenet":
+        cfg.model.backbone_init = init
+        return
+    path = resolve_model_path(init)  # a bundled name's file; a misspelt one's did-you-mean
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--init {init}: no such file; expected a bundled model (deepmac models), a "
+            f"checkpoint or backbone weights file, or 'imagenet'"
+        )
+    try:
+        ckpt = load_checkpoint(path)
+    except NotADeepmacCheckpoint:  # a plain state_dict: backbone weights
+        cfg.model.backbone_init = init
+        return
+    saved = config_from_dict(ckpt["config"]).model
+    # The model is the checkpoint's; the category lists are filled in from the data anyway.
+    ignored = ("backbone_init", "category_ids", "class_names")
+    before = dataclasses.asdict(cfg.model)
+    changed = [
+        f"model.{key}"
+        for key, value in dataclasses.asdict(saved).items()
+        if key not in ignored and before.get(key) != value
+    ]
+    if changed:
+        logger.info(
+            "--init %s: the model is the checkpoint's, so %s differ from the preset",
+            init,
+            ", ".join(changed),
+        )
+    cfg.model = saved
+    cfg.model.backbone_init = None  # every tensor comes from the checkpoint
+    cfg.train.init_from = init
+
+
+def _checkpoint_file(path_or_name: str) -> Path:
+    """The file a checkpoint argument names (a bundled model's, for a name), so that no
+    output is written over it; the argument as given when it names nothing."""
+    from deepmac.pretrained import resolve_model_path
+
+    try:
+        return resolve_model_path(path_or_name)
+    except ValueError:
+        return Path(path_or_name)  # the loader reports it, after the output checks
 
 
 def load_any_checkpoint(path: str) -> dict:
@@ -163,6 +206,58 @@ def build_from_checkpoint(build: Callable[..., T], ckpt: dict, path: str, **kwar
         ) from None
 
 
+def run_models(args: argparse.Namespace) -> int:
+    from deepmac.pretrained import MODELS_DIR, bundled_names, card_one_line, read_card
+
+    names = bundled_names()
+    if not names:
+        raise FileNotFoundError(
+            f"no bundled model is installed: expected NAME.pt files in {MODELS_DIR}, found none"
+        )
+    width = max(map(len, names))
+    for name in names:
+        size_mb = (MODELS_DIR / f"{name}.pt").stat().st_size / 1e6
+        print(f"{name:{width}s}  {card_one_line(read_card(name))}; {size_mb:.1f} MB")
+    print("full cards: docs/models.md; use a name wherever a checkpoint is taken")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from deepmac.visualization.curves import plot_training_curves
+
+    inputs = {"the run's metrics.jsonl": Path(args.run_dir) / "metrics.jsonl"}
+    out = check_output_file(args.out, "--out", inputs) if args.out else None
+    print(f"wrote {plot_training_curves(args.run_dir, out)}")
+    return 0
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    from deepmac.presets import SHARED_DATA
+    from deepmac.studies import StudyData, get_study, run_study
+
+    study = get_study(args.table)
+    data_dir = Path(args.data) if args.data else SHARED_DATA
+    for name in ("coco_tiny", "coco_mini"):
+        if not (data_dir / name / "annotations").is_dir():
+            raise FileNotFoundError(
+                f"--data {data_dir}: no {name}/annotations; expected the folder holding the "
+                f"shared COCO subsets coco_tiny and coco_mini"
+            )
+    out = check_output_folder(args.out or f"runs/study_{study.name}", "--out")
+    records = run_study(
+        study,
+        seeds=args.seeds,
+        out=out,
+        data=StudyData.shared(data_dir),
+        steps=args.steps,
+        overrides=args.overrides,
+        progress=not args.no_progress,
+    )
+    print((out / "results.md").read_text())
+    print(f"{len(records)} runs; files: {out}/results.json, results.md, {study.name}.png")
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from deepmac.config import config_from_dict
     from deepmac.data import CocoInstances
@@ -174,7 +269,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)  # before the (slow) checkpoint and dataset loads
     if args.out:
-        check_output_file(args.out, "--out")
+        check_output_file(args.out, "--out", {"the checkpoint": _checkpoint_file(args.checkpoint)})
     ckpt = load_any_checkpoint(args.checkpoint)
     cfg = config_from_dict(ckpt["config"])
     root = Path(args.data_root) if args.data_root else eval_root(cfg)
@@ -224,7 +319,7 @@ def run_export(args: argparse.Namespace) -> int:
     from deepmac.export import check_onnx_parity, export_onnx
     from deepmac.models.build import MODEL_TYPES, model_from_checkpoint
 
-    check_output_file(args.onnx, "--onnx")
+    check_output_file(args.onnx, "--onnx", {"the checkpoint": _checkpoint_file(args.checkpoint)})
     ckpt = load_any_checkpoint(args.checkpoint)
     model, cfg = build_from_checkpoint(
         model_from_checkpoint, ckpt, args.checkpoint, model_types=MODEL_TYPES

@@ -14,9 +14,17 @@ from collections.abc import Sequence
 from deepmac.cli.arguments import float_in, int_at_least
 from deepmac.cli.errors import UsageError
 
+#: The ``checkpoint`` argument of eval, predict and export.
+CHECKPOINT_HELP = "OUT/last.pt of a training run, or a bundled model's name (deepmac models)"
+
 EXAMPLES = """\
 examples:
   deepmac demo --out runs/demo
+  deepmac models
+  deepmac plot runs/tiny                  # runs/tiny/curves.png: losses, lr, eval metrics
+  deepmac study table4 --seeds 0 1 2 --steps 1500 --out runs/table4
+  deepmac predict box-prompted-all --images photos/ --boxes boxes.json --out masks.json
+  deepmac train box_prompted_cpu --init box-prompted-all --data-root my_coco/ --out runs/mine
   deepmac train --list
   deepmac train box_prompted_cpu --data-root ../shared/data/coco_tiny --out runs/tiny --steps 500
   deepmac train box_prompted_cpu --out runs/tiny --resume
@@ -36,13 +44,14 @@ def _add_demo(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the demo on the embedded COCO sample",
-        description="Train a box-prompted Deep-MAC on the embedded COCO sample with masks for "
-        "VOC classes only, then segment held-out images from their boxes: split mIoU beside the "
-        "filled-box baseline, overlays of non-VOC instances.",
+        description="Segment the held-out images of the embedded COCO sample from their boxes "
+        "with the bundled box-prompted-voc model (masks of VOC classes only in training): split "
+        "mIoU beside the filled-box baseline, overlays; then fine-tune it on the sample's 16 "
+        "training images and score again.",
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument(
-        "--steps", type=int_at_least(1), help="training steps (default: the preset's)"
+        "--steps", type=int_at_least(1), help="fine-tuning steps (default 120, 2-3 minutes)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_demo)
@@ -79,7 +88,13 @@ def _add_train(subparsers) -> None:
     parser.add_argument(
         "--steps", type=int_at_least(1), help="optimizer steps (overrides train.steps)"
     )
-    parser.add_argument("--init", help="backbone weights file, or 'imagenet' (optional package)")
+    parser.add_argument(
+        "--init",
+        metavar="MODEL|FILE|imagenet",
+        help="start from a bundled model (deepmac models) or a deepmac checkpoint: every "
+        "tensor of the model, whose architecture then comes from it; or a backbone weights "
+        "file, or 'imagenet' (optional package)",
+    )
     parser.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
@@ -117,6 +132,58 @@ def _add_train(subparsers) -> None:
     parser.set_defaults(handler=_lazy("run_train"))
 
 
+def _add_models(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list the bundled models",
+        description="The trained models shipped inside the package, usable by name wherever a "
+        "checkpoint is taken (predict, eval, export, train --init): one line each with its "
+        "card's summary and metrics; docs/models.md has the full cards.",
+    )
+    parser.set_defaults(handler=_lazy("run_models"))
+
+
+def _add_plot(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="draw a run's training curves to a PNG",
+        description="Losses, learning rate and evaluation metrics of a training run, from its "
+        "metrics.jsonl, drawn with matplotlib (pip install 'deepmac[plot]'). Works while the "
+        "run is still training.",
+    )
+    parser.add_argument("run_dir", help="the run folder (deepmac train --out)")
+    parser.add_argument("--out", help="PNG to write (default RUN_DIR/curves.png)")
+    parser.set_defaults(handler=_lazy("run_plot"))
+
+
+def _add_study(subparsers) -> None:
+    from deepmac.studies.tables import STUDIES  # plain data: no torch
+
+    listing = "; ".join(f"{name}: {study.title}" for name, study in STUDIES.items())
+    parser = subparsers.add_parser(
+        "study",
+        help="train and score every row of one of the paper's tables",
+        description="Train every row of a paper table with every seed, score each run from "
+        "ground-truth boxes on the evaluation split, and write OUT/results.json (one record "
+        "per run), OUT/results.md (mean +- std beside the paper) and OUT/TABLE.png. Finished "
+        "runs are reused and unfinished ones resumed, so a study started again continues. "
+        f"Tables: {listing}.",
+    )
+    parser.add_argument("table", choices=sorted(STUDIES), metavar="TABLE", help="the study")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="for every run")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default 0 1 2")
+    parser.add_argument("--steps", type=int_at_least(1), help="steps of every run (default: "
+                        "the preset's)")  # fmt: skip
+    parser.add_argument("--out", help="study folder (default runs/study_TABLE)")
+    parser.add_argument(
+        "--data",
+        help="folder holding coco_tiny and coco_mini (default ../shared/data): trains on "
+        "coco_tiny train+val and coco_mini train, scores on coco_mini val2017",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    parser.set_defaults(handler=_lazy("run_study_command"))
+
+
 def _add_inference_device(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--amp`` of the commands that run a trained model. The choices are
     spelled out here (not imported from ``deepmac.engine``) so that ``--help`` imports no torch;
@@ -144,7 +211,7 @@ def _add_eval(subparsers) -> None:
         "Deep-MAC / Deep-MARC: box AP and mask AP (overall / VOC / non-VOC) of the detections; "
         "with --gt-boxes they are scored like a box-prompted model.",
     )
-    parser.add_argument("checkpoint", help="OUT/last.pt of a training run")
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument(
         "--gt-boxes",
         action="store_true",
@@ -172,7 +239,7 @@ def _add_predict(subparsers) -> None:
         "entries that are not readable images are skipped with one warning. --format instances "
         "writes a COCO instances JSON that CVAT and Label Studio import (their COCO importers).",
     )
-    parser.add_argument("checkpoint", help="OUT/last.pt of a training run")
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument(
         "--images",
         nargs="+",
@@ -263,7 +330,7 @@ def _add_export(subparsers) -> None:
         "probabilities out), then run it in onnxruntime beside PyTorch on random inputs "
         "(1, 7 and 0 boxes) and report the largest difference. Needs the [export] extra.",
     )
-    parser.add_argument("checkpoint", help="OUT/last.pt of a training run")
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--onnx", required=True, help="ONNX file to write")
     parser.add_argument(
         "--prompt",
@@ -322,7 +389,8 @@ def _run_score(args: argparse.Namespace) -> int:
     from deepmac.evaluation import evaluate_coco
 
     if args.out:
-        check_output_file(args.out, "--out")
+        inputs = {"the results file": args.results, "the --gt file": args.gt}
+        check_output_file(args.out, "--out", inputs)
     metrics = evaluate_coco(args.gt, args.results)
     print_metrics(metrics)
     if args.out:
@@ -403,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_demo,
         _add_train,
+        _add_models,
+        _add_plot,
+        _add_study,
         _add_eval,
         _add_predict,
         _add_export,
@@ -432,7 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # follow options (deepmac train PRESET --steps 5 train.lr=1e-4), so gather them here.
     if extras:
         overrides = [e for e in extras if "=" in e and not e.startswith("-")]
-        if getattr(args, "command", None) != "train" or len(overrides) != len(extras):
+        if getattr(args, "command", None) not in ("train", "study") or len(overrides) != len(
+            extras
+        ):
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         args.overrides = [*args.overrides, *overrides]
     logging.basicConfig(

@@ -4,6 +4,7 @@ whole run's results at the end."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from deepmac.cli.errors import UsageError
@@ -31,9 +32,12 @@ def _check_creatable(folder: Path, option: str, target: Path) -> None:
         ) from None
 
 
-def check_output_file(path: str | Path, option: str) -> Path:
-    """``path`` can be written as a file: it is no folder, and its folder exists writable or
-    can be created. Returns it as a ``Path``.
+def check_output_file(
+    path: str | Path, option: str, inputs: Mapping[str, str | Path] | None = None
+) -> Path:
+    """``path`` can be written as a file: it is no folder, its folder exists writable or can
+    be created, and it is none of the command's ``inputs`` (``{"the --boxes file": path}``):
+    a command never replaces what it reads. Returns it as a ``Path``.
 
     Raises:
         UsageError: naming ``option``, the path, and what is in the way.
@@ -41,6 +45,9 @@ def check_output_file(path: str | Path, option: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder; expected a file path")
+    for what, source in (inputs or {}).items():
+        if source is not None and path.resolve() == Path(source).resolve():
+            raise UsageError(f"{option} {path} is {what}; expected a new file for the output")
     _check_creatable(path.parent, option, path)
     return path
 

@@ -28,6 +28,10 @@ __all__ = ["run_predict"]
 
 logger = logging.getLogger(__name__)
 
+#: Mask pixels predicted and encoded at once (a bool each): 64 MB, i.e. 2 masks of a
+#: 6000 x 4000 image or 200 of a 640 x 480 one.
+MASK_PIXELS_PER_CHUNK = 64 * 1024 * 1024
+
 
 class _Output:
     """The ``--format`` file being built: a COCO results list, or an ``InstancesFile``."""
@@ -97,6 +101,26 @@ def _check_arguments(args: argparse.Namespace) -> None:
         )
 
 
+def _check_outputs_spare_inputs(
+    args: argparse.Namespace, images: list[ImageFile], viz: Path | None
+) -> None:
+    """Refuse an ``--out`` that is the boxes file or an image, and overlays that would be
+    written over an image (``--viz`` = a folder of PNG photos): inputs are never replaced."""
+    inputs = {f"the --images file {image.path}": image.path for image in images}
+    inputs["the --boxes file"] = args.boxes
+    check_output_file(args.out, "--out", inputs)
+    if viz is None:
+        return
+    photos = {image.path.resolve() for image in images}
+    for image in images:
+        overlay = _overlay_path(viz, image).resolve()
+        if overlay in photos:
+            raise UsageError(
+                f"--viz {viz} would write the overlay {overlay} over the --images file of that "
+                f"name; expected a folder apart from the images"
+            )
+
+
 def _ground_truth(prompt: BoxPrompt, image: Image.Image, source: str) -> np.ndarray | None:
     """``(N, H, W)`` bool ground-truth masks of a prompt from an instances JSON, or None when
     some box has no segmentation."""
@@ -128,9 +152,10 @@ def run_predict(args: argparse.Namespace) -> int:
     # Everything that can be checked is, before the first image: results are written last.
     _check_arguments(args)
     device = resolve_device(args.device)
-    check_output_file(args.out, "--out")
+    check_output_file(args.out, "--out", {"the --boxes file": args.boxes})
     viz = check_output_folder(args.viz, "--viz") if args.viz else None
     images = collect_images(args.images, recursive=args.recursive)
+    _check_outputs_spare_inputs(args, images, viz)
     names = [image.name for image in images]
     ckpt = load_any_checkpoint(args.checkpoint)
     if args.boxes is None and ckpt["model_type"] not in DETECTOR_MODEL_TYPES:
@@ -208,14 +233,30 @@ def run_predict(args: argparse.Namespace) -> int:
             prompt = prompt.valid(image.height, image.width, source=str(args.boxes))
             if len(prompt.boxes) == 0:
                 continue
-            masks, mask_scores = segmenter.predict(
-                image, prompt.boxes, mask_threshold=args.mask_threshold
-            )
-            # A box's own score (a detector's) where the file gives one, else the mask's.
-            given = prompt.scores.numpy()
-            scores = np.where(np.isnan(given), mask_scores, given)
-            output.add(prompt.image_id, prompt.boxes, scores, prompt.category_ids, masks)
+            # The boxes go through in chunks whose masks are encoded into the output and
+            # dropped before the next chunk: a 24-megapixel image holds 24 MB per mask, so
+            # memory stays that of one chunk whatever the number of boxes (--viz, which draws
+            # every mask of the image at once, keeps them).
+            segmenter.set_image(image)
+            kept_masks, kept_scores = [], []
+            chunk = max(1, MASK_PIXELS_PER_CHUNK // (image.height * image.width))
+            for first in range(0, len(prompt.boxes), chunk):
+                part = slice(first, first + chunk)
+                masks, mask_scores = segmenter.predict(
+                    None, prompt.boxes[part], mask_threshold=args.mask_threshold
+                )
+                # A box's own score (a detector's) where the file gives one, else the mask's.
+                given = prompt.scores[part].numpy()
+                scores = np.where(np.isnan(given), mask_scores, given)
+                output.add(
+                    prompt.image_id, prompt.boxes[part], scores, prompt.category_ids[part], masks
+                )
+                if viz is not None:
+                    kept_masks.append(masks)
+                    kept_scores.append(mask_scores)
+                del masks
             if viz is not None:
+                masks, mask_scores = np.concatenate(kept_masks), np.concatenate(kept_scores)
                 gt = (
                     _ground_truth(prompt, image, str(args.boxes))
                     if boxes_file.ground_truth
@@ -239,8 +280,12 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save(overlay: Image.Image, viz: Path, image_file: ImageFile) -> None:
+def _overlay_path(viz: Path, image_file: ImageFile) -> Path:
     """``VIZ/NAME.png``, keeping the image's subfolders (names are unique, files too)."""
-    path = viz / f"{image_file.name.rsplit('.', 1)[0]}.png"
+    return viz / f"{image_file.name.rsplit('.', 1)[0]}.png"
+
+
+def _save(overlay: Image.Image, viz: Path, image_file: ImageFile) -> None:
+    path = _overlay_path(viz, image_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     overlay.save(path)

@@ -31,6 +31,7 @@ __all__ = [
     "RUN_FILES",
     "CheckpointError",
     "LoaderCursor",
+    "NotADeepmacCheckpoint",
     "atomic_write",
     "existing_run_files",
     "get_rng_state",
@@ -52,6 +53,10 @@ RUN_FILES = ("last.pt", "config.json", "metrics.jsonl")
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not match what the caller expects."""
+
+
+class NotADeepmacCheckpoint(CheckpointError):
+    """A readable PyTorch file that is no deepmac checkpoint (e.g. a bare ``state_dict``)."""
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -258,7 +263,7 @@ def load_checkpoint(
     """Load a checkpoint written by :func:`save_checkpoint` onto the CPU.
 
     Args:
-        path: checkpoint file.
+        path: checkpoint file, or the name of a bundled model (``deepmac.pretrained``).
         expected_model_type: if given, the checkpoint's ``model_type`` must equal it.
 
     Returns:
@@ -267,9 +272,15 @@ def load_checkpoint(
 
     Raises:
         CheckpointError: (a ``ValueError``) the file is missing, truncated/corrupt, not a
-            deepmac checkpoint, from a newer format, or of another model type.
+            deepmac checkpoint, from a newer format, or of another model type; or a bare
+            word that names no bundled model (with a did-you-mean).
     """
-    path = Path(path)
+    from deepmac.pretrained import resolve_model_path  # a leaf module: names -> files
+
+    try:
+        path = resolve_model_path(path)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
     try:
@@ -284,7 +295,7 @@ def load_checkpoint(
         ) from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
         found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
+        raise NotADeepmacCheckpoint(
             f"{path} is not a deepmac checkpoint: expected keys {list(_REQUIRED_KEYS)}, "
             f"found {found}"
         )

@@ -110,16 +110,48 @@ class MetricsLog:
     def __init__(self, path: str | os.PathLike, *, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self._board = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def open_tensorboard(self, folder: str | os.PathLike, first_step: int) -> None:
+        """Also write each record's numbers as TensorBoard scalars (``TYPE/NAME`` at its
+        step) to ``folder``, dropping the events a previous run left there from
+        ``first_step`` on (a resumed run, or a replaced one, logs those steps anew).
+
+        Raises:
+            ImportError: the ``tensorboard`` package is not installed.
+        """
+        if not self.enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError(
+                "train.tensorboard=true needs the tensorboard package: "
+                "pip install 'deepmac[tensorboard]'"
+            ) from None
+        self._board = SummaryWriter(os.fspath(folder), purge_step=first_step)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any (the JSONL file is never held)."""
+        if self._board is not None:
+            self._board.close()
+            self._board = None
+
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record as a JSON line."""
+        """Append one record as a JSON line (and as TensorBoard scalars)."""
         if not self.enabled:
             return
         line = json.dumps(to_jsonable(record), sort_keys=False)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
+        if self._board is not None and "step" in record:
+            kind = record.get("type", "train")
+            for key, value in record.items():
+                if key not in ("type", "step") and isinstance(value, int | float):
+                    self._board.add_scalar(f"{kind}/{key}", value, int(record["step"]))
+            self._board.flush()
 
     def truncate_after(self, step: int) -> None:
         """Drop records with ``step > step`` (written after the checkpoint a run resumes from).

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,7 @@ def train(
     amp_dtype: torch.dtype | None = None,
     accumulate_steps: int = 1,
     progress: bool = True,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` for ``total_steps`` optimizer steps, cycling over ``train_loader``.
 
@@ -232,6 +233,8 @@ def train(
         progress: show progress on rank 0: a tqdm bar on a terminal, else an INFO log line
             per logging window with step, loss, lr, images/s and ETA
             (``deepmac.engine.progress.TrainProgress``).
+        tensorboard: also write every logged record as TensorBoard scalars to
+            ``out_dir/tensorboard/`` (needs the ``tensorboard`` package).
 
     Returns:
         ``{"step", "losses" (last logged window), "eval" (last results or None), "checkpoint"
@@ -243,154 +246,234 @@ def train(
             uses the reserved key ``"loss"``.
         ValueError: a negative step count or period, or ``log_every < 1``.
     """
+    _check_periods(total_steps, log_every, eval_every, checkpoint_every, accumulate_steps)
+    out_dir = Path(out_dir)
+    main = is_main_process()
+    device = next(model.parameters()).device
+    run = _Run(
+        model=model,
+        criterion=criterion,
+        forward_step=forward_step or default_forward_step,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        cursor=LoaderCursor(train_loader),
+        metrics=MetricsLog(out_dir / "metrics.jsonl", enabled=main),
+        device=device,
+        amp_dtype=amp_dtype,
+        accumulate_steps=accumulate_steps,
+        clip_grad_norm=clip_grad_norm,
+        ckpt_path=out_dir / "last.pt",
+        main=main,
+    )
+    step = run.restore(resume, start_step)
+    if tensorboard:
+        run.metrics.open_tensorboard(out_dir / "tensorboard", first_step=step + 1)
+    if main:
+        write_json_atomic(out_dir / "config.json", config)
+    result: dict[str, Any] = {"step": step, "losses": {}, "eval": None, "checkpoint": None}
+    window = _LogWindow(time.perf_counter())
+    bar = TrainProgress(total=total_steps, initial=step, enabled=progress and main)
+    model.train()
+    try:
+        while step < total_steps:
+            losses, images, grad_norm, lr = run.optimizer_step(step)
+            step += 1
+            bar.update()
+            window.add(losses, images)
+            if step % log_every == 0 or step == total_steps:
+                result["losses"] = window.mean_losses()
+                record = window.record(step, run.cursor.epoch, lr, grad_norm)
+                run.metrics.write(record)
+                bar.log(step, record["loss"], lr, record["images_per_s"])
+            if evaluate is not None and eval_every and step % eval_every == 0:
+                result["eval"] = run.evaluate(evaluate, step)
+            if (checkpoint_every and step % checkpoint_every == 0) or step == total_steps:
+                run.checkpoint(step, config, model_type)
+                result["checkpoint"] = str(run.ckpt_path) if main else None
+    finally:
+        bar.close()
+        run.metrics.close()
+    result["step"] = step
+    result["elapsed_s"] = time.perf_counter() - window.start_time
+    return result
+
+
+def _check_periods(
+    total_steps: int, log_every: int, eval_every: int, checkpoint_every: int, accumulate: int
+) -> None:
     for name, value, low in [
         ("total_steps", total_steps, 0),
         ("log_every", log_every, 1),
         ("eval_every", eval_every, 0),
         ("checkpoint_every", checkpoint_every, 0),
-        ("accumulate_steps", accumulate_steps, 1),
+        ("accumulate_steps", accumulate, 1),
     ]:
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
-    forward_step = forward_step or default_forward_step
-    out_dir = Path(out_dir)
-    main = is_main_process()
-    device = next(model.parameters()).device
-    ckpt_path = out_dir / "last.pt"
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    cursor = LoaderCursor(train_loader)
 
-    step = start_step
-    if resume is not None:
+
+@dataclass
+class _LogWindow:
+    """Loss sums and images since the last log line: each line reports the window's mean
+    losses (already averaged over ranks) and its images/s."""
+
+    start_time: float
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    images: int = 0
+    opened: float | None = None
+
+    def add(self, losses: Mapping[str, float], images: int) -> None:
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
+        self.images += images
+
+    def mean_losses(self) -> dict[str, float]:
+        """Every loss logged in the window, averaged over its steps."""
+        return {k: v / self.steps for k, v in self.sums.items()}
+
+    def record(self, step: int, epoch: int, lr: float, grad_norm: Tensor | None) -> dict:
+        """The ``metrics.jsonl`` line of the window, which then starts anew."""
+        now = time.perf_counter()
+        opened = self.start_time if self.opened is None else self.opened
+        record = {
+            "type": "train",
+            "step": step,
+            "epoch": epoch,
+            "lr": lr,
+            **self.mean_losses(),
+            "images_per_s": self.images / max(now - opened, 1e-9),
+            "elapsed_s": now - self.start_time,
+        }
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        self.sums, self.steps, self.images, self.opened = {}, 0, 0, now
+        return record
+
+
+@dataclass
+class _Run:
+    """What one training run's steps share: the model and its optimisation state, the data
+    cursor, the metrics log and where checkpoints go."""
+
+    model: nn.Module
+    criterion: Callable[..., Mapping[str, Tensor]]
+    forward_step: ForwardStep
+    optimizer: Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    cursor: LoaderCursor
+    metrics: MetricsLog
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    accumulate_steps: int
+    clip_grad_norm: float | None
+    ckpt_path: Path
+    main: bool
+
+    def restore(self, resume: ResumeState | None, start_step: int) -> int:
+        """The step to start from: ``resume``'s, with the data order, RNGs and scaler put
+        back and the metrics written after it dropped; else ``start_step``."""
+        if resume is None:
+            if start_step:
+                logger.warning(
+                    "start_step=%d without resume: the data order restarts at epoch 0", start_step
+                )
+            return start_step
         if start_step not in (0, resume.step):
             raise ValueError(f"start_step={start_step} contradicts resume.step={resume.step}")
-        step = resume.step
         if resume.loader is not None:
-            cursor.load_state_dict(resume.loader)
+            self.cursor.load_state_dict(resume.loader)
         else:
             logger.warning("checkpoint has no data-loader position: data order restarts")
         restore_rng_state(resume.rng)  # after the replay, which consumed RNG
         if resume.scaler is not None:
-            scaler.load_state_dict(resume.scaler)
-        metrics.truncate_after(step)
-    elif start_step:
-        logger.warning("start_step=%d without resume: the data order restarts at epoch 0", step)
-    if main:
-        write_json_atomic(out_dir / "config.json", config)
+            self.scaler.load_state_dict(resume.scaler)
+        self.metrics.truncate_after(resume.step)
+        return resume.step
 
-    def checkpoint() -> None:
-        if main:
+    def optimizer_step(self, step: int) -> tuple[dict[str, float], int, Tensor | None, float]:
+        """One update from ``accumulate_steps`` micro-batches: ``(mean losses, images seen
+        on all ranks, gradient norm before clipping or None, the lr the update used)``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        named: dict[str, float] = {}
+        images = 0
+        for micro in range(self.accumulate_steps):
+            batch = move_to_device(self.cursor.next(), self.device)
+            # DDP all-reduces gradients only on the last micro-batch of a step.
+            last = micro == self.accumulate_steps - 1
+            no_sync = getattr(self.model, "no_sync", None)
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                for name, value in self._micro_batch(batch, step).items():
+                    named[name] = named.get(name, 0.0) + value / self.accumulate_steps
+            images += _batch_size(batch) * get_world_size()
+        grad_norm = None
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used
+        self.scheduler.step()
+        return named, images, grad_norm, lr
+
+    def _micro_batch(self, batch: Any, step: int) -> dict[str, float]:
+        """Forward and backward of one micro-batch; its losses averaged over ranks.
+
+        Raises:
+            RuntimeError: a loss is NaN or infinite (logged; the last checkpoint is kept).
+        """
+        enabled = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled):
+            losses = _check_losses(self.forward_step(self.model, self.criterion, batch), step + 1)
+        loss = sum(losses.values())
+        # One small all-reduce gives every rank the same values, so they agree on stopping.
+        values = all_reduce_mean(
+            torch.stack(
+                [loss.detach().float()] + [v.detach().float().reshape(()) for v in losses.values()]
+            )
+        )
+        named = dict(zip(["loss", *losses], values.tolist(), strict=True))
+        if not all(math.isfinite(v) for v in named.values()):
+            self.metrics.write({"type": "nonfinite", "step": step + 1, **named})
+            saved = (
+                f"last good checkpoint: {self.ckpt_path}"
+                if self.ckpt_path.is_file()
+                else "none saved"
+            )
+            raise RuntimeError(f"non-finite loss at step {step + 1}: {named}; stopping ({saved})")
+        # The mean over micro-batches, so the step's gradient is that of one batch
+        # accumulate_steps times larger.
+        self.scaler.scale(loss / self.accumulate_steps).backward()
+        return named
+
+    def evaluate(self, evaluate: Callable[[nn.Module, int], Mapping[str, Any]], step: int) -> dict:
+        """``evaluate(model, step)`` in eval mode, logged. Evaluation must not shift training
+        randomness, or eval_every would change the trained weights: the RNGs are saved and
+        restored around it."""
+        rng = get_rng_state()
+        self.model.eval()
+        with torch.no_grad():
+            result = dict(evaluate(self.model, step))
+        self.model.train()
+        restore_rng_state(rng)
+        self.metrics.write({"type": "eval", "step": step, **result})
+        logger.info("step %d eval: %s", step, result)
+        return result
+
+    def checkpoint(self, step: int, config: dict[str, Any], model_type: str) -> None:
+        """``last.pt`` after ``step`` (rank 0 only), with the data-loader position."""
+        if self.main:
             save_checkpoint(
-                ckpt_path,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
+                self.ckpt_path,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
                 step=step,
                 config=config,
                 model_type=model_type,
-                scaler=scaler if scaler.is_enabled() else None,
-                extra={"loader": cursor.state_dict()},
+                scaler=self.scaler if self.scaler.is_enabled() else None,
+                extra={"loader": self.cursor.state_dict()},
             )
-
-    world_size = get_world_size()
-    result: dict[str, Any] = {"step": step, "losses": {}, "eval": None, "checkpoint": None}
-    window_sums: dict[str, float] = {}
-    window_steps = window_images = 0
-    start_time = window_time = time.perf_counter()
-    bar = TrainProgress(total=total_steps, initial=step, enabled=progress and main)
-    model.train()
-    try:
-        while step < total_steps:
-            optimizer.zero_grad(set_to_none=True)
-            named: dict[str, float] = {}
-            for micro in range(accumulate_steps):
-                batch = move_to_device(cursor.next(), device)
-                # DDP all-reduces gradients only on the last micro-batch of a step.
-                last = micro == accumulate_steps - 1
-                no_sync = getattr(model, "no_sync", None)
-                with contextlib.nullcontext() if last or no_sync is None else no_sync():
-                    with torch.autocast(
-                        device.type, dtype=amp_dtype, enabled=amp_dtype is not None
-                    ):
-                        losses = _check_losses(forward_step(model, criterion, batch), step + 1)
-                    loss = sum(losses.values())
-                    # One small all-reduce gives every rank the same values, so they agree on
-                    # stopping.
-                    values = all_reduce_mean(
-                        torch.stack(
-                            [loss.detach().float()]
-                            + [v.detach().float().reshape(()) for v in losses.values()]
-                        )
-                    )
-                    micro_named = dict(zip(["loss", *losses], values.tolist(), strict=True))
-                    if not all(math.isfinite(v) for v in micro_named.values()):
-                        metrics.write({"type": "nonfinite", "step": step + 1, **micro_named})
-                        saved = (
-                            f"last good checkpoint: {ckpt_path}"
-                            if ckpt_path.is_file()
-                            else "none saved"
-                        )
-                        raise RuntimeError(
-                            f"non-finite loss at step {step + 1}: {micro_named}; stopping ({saved})"
-                        )
-                    # The mean over micro-batches, so the step's gradient is that of one batch
-                    # accumulate_steps times larger.
-                    scaler.scale(loss / accumulate_steps).backward()
-                for name, value in micro_named.items():
-                    named[name] = named.get(name, 0.0) + value / accumulate_steps
-                window_images += _batch_size(batch) * world_size
-            grad_norm = None
-            if clip_grad_norm is not None:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            lr = optimizer.param_groups[0]["lr"]  # the rate this update used
-            scheduler.step()
-            step += 1
-            bar.update()
-
-            for name, value in named.items():
-                window_sums[name] = window_sums.get(name, 0.0) + value
-            window_steps += 1
-
-            if step % log_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                result["losses"] = {k: v / window_steps for k, v in window_sums.items()}
-                images_per_s = window_images / max(now - window_time, 1e-9)
-                record = {
-                    "type": "train",
-                    "step": step,
-                    "epoch": cursor.epoch,
-                    "lr": lr,
-                    **result["losses"],
-                    "images_per_s": images_per_s,
-                    "elapsed_s": now - start_time,
-                }
-                if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
-                metrics.write(record)
-                bar.log(step, result["losses"]["loss"], lr, images_per_s)
-                window_sums, window_steps, window_images, window_time = {}, 0, 0, now
-
-            if evaluate is not None and eval_every and step % eval_every == 0:
-                # Evaluation must not shift training randomness, or eval_every would change
-                # the trained weights; save and restore the RNGs around it.
-                rng = get_rng_state()
-                model.eval()
-                with torch.no_grad():
-                    result["eval"] = dict(evaluate(model, step))
-                model.train()
-                restore_rng_state(rng)
-                metrics.write({"type": "eval", "step": step, **result["eval"]})
-                logger.info("step %d eval: %s", step, result["eval"])
-
-            if (checkpoint_every and step % checkpoint_every == 0) or step == total_steps:
-                checkpoint()
-                result["checkpoint"] = str(ckpt_path) if main else None
-    finally:
-        bar.close()
-    result["step"] = step
-    result["elapsed_s"] = time.perf_counter() - start_time
-    return result

@@ -57,7 +57,8 @@ def _roi_align(
 
 def custom_translation_table() -> dict:
     """``{torch operator: ONNX translation}`` for the exporter."""
-    import deepmac.ops.export_ops  # noqa: F401  (registers the operators)
+    import deepmac.ops.nms  # noqa: F401  (registers the operators)
+    import deepmac.ops.roi_align  # noqa: F401
 
     return {
         torch.ops.deepmac.nms.default: _nms,

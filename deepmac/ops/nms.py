@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deepmac.ops.export_ops import nms_op
 from deepmac.structures.boxes import box_iou, check_boxes
 
 
@@ -91,3 +90,21 @@ def heatmap_peaks(heatmap: Tensor, k: int = 100, kernel_size: int = 3) -> tuple[
     classes = index % num_classes
     pixel = index // num_classes
     return scores, classes, pixel // w, pixel % w
+
+
+# ``torch.export`` cannot trace the eager code above (a Python loop over a data-dependent
+# number of boxes): while a graph is traced, it calls this opaque operator instead, which runs
+# the eager code when executed and is one node of known output shape in the graph;
+# ``deepmac.export.onnx_ops`` maps it to ONNX's NonMaxSuppression (same semantics, checked by the
+# export parity tests).
+@torch.library.custom_op("deepmac::nms", mutates_args=())
+def nms_op(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """``deepmac.ops.nms`` as one operator: ``(K,)`` int64 kept indices by decreasing score."""
+    return nms(boxes, scores, iou_threshold)
+
+
+@nms_op.register_fake
+def _nms_fake(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    # The number of kept boxes depends on the data: a fresh symbolic size.
+    kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty(kept, dtype=torch.long)

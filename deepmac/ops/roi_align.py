@@ -27,7 +27,6 @@ from deepmac.ops._checks import (
     pixel_to_grid,
     sample_box_grids,
 )
-from deepmac.ops.export_ops import roi_align_op
 
 
 def _bin_sample_points(start: Tensor, bin_size: Tensor, bins: int, ratio: int) -> Tensor:
@@ -203,3 +202,45 @@ def multilevel_roi_align(
                 aligned,
             )
     return out
+
+
+# ``torch.export`` cannot trace the eager code above (boxes grouped by their data-dependent
+# sample counts): while a graph is traced, it calls this opaque operator instead, which runs
+# the eager code when executed and is one node of known output shape in the graph;
+# ``deepmac.export.onnx_ops`` maps it to ONNX's RoiAlign (same semantics, checked by the
+# export parity tests).
+@torch.library.custom_op("deepmac::roi_align", mutates_args=())
+def roi_align_op(
+    features: Tensor,
+    boxes: Tensor,
+    batch_index: Tensor,
+    output_height: int,
+    output_width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """``deepmac.ops.roi_align`` as one operator: ``(N, C, S_h, S_w)``."""
+    return roi_align(
+        features,
+        boxes,
+        (output_height, output_width),
+        batch_index,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+    )
+
+
+@roi_align_op.register_fake
+def _roi_align_fake(
+    features: Tensor,
+    boxes: Tensor,
+    batch_index: Tensor,
+    output_height: int,
+    output_width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    return features.new_empty(boxes.shape[0], features.shape[1], output_height, output_width)

@@ -1,0 +1,100 @@
+"""The study runner (``deepmac study TABLE``) on a 2-step, 1-seed toy study of the embedded
+sample: records, Markdown and plot written; a study started again reuses finished runs and
+resumes unfinished ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import TINY_BOX_PROMPTED_OVERRIDES
+
+from deepmac import experiment
+from deepmac.backbones import IMAGENET_WEIGHTS
+from deepmac.data import demo_data_root
+from deepmac.presets import PRESETS
+from deepmac.studies import STUDIES, Row, Study, StudyData, run_study
+from deepmac.studies.runner import RECORDED, run_config
+
+pytestmark = pytest.mark.usefixtures("two_threads")
+
+TOY = Study(
+    "toy",
+    "Toy: two heads",
+    (
+        Row("ResNet-4", ("model.mask_head=resnet4",), preset="box_prompted_demo"),
+        Row("ResNet-8", ("model.mask_head=resnet8",), preset="box_prompted_demo"),
+    ),
+)
+
+
+def demo_data() -> StudyData:
+    root = str(demo_data_root())
+    return StudyData(train=[f"{root}@train2017"], val=root)
+
+
+def test_toy_study_writes_records_markdown_and_plot_and_resumes(tmp_path, monkeypatch):
+    overrides = [o for o in TINY_BOX_PROMPTED_OVERRIDES if not o.startswith("model.mask_head")]
+    records = run_study(
+        TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=2, overrides=overrides,
+        progress=False,
+    )  # fmt: skip
+    assert [r["row"] for r in records] == ["ResNet-4", "ResNet-8"]
+    for record in records:
+        assert record["table"] == "toy" and record["seed"] == 0 and record["steps"] == 2
+        assert record["commit"] and record["wall_seconds"] > 0 and not record["resumed"]
+        assert all(0.0 <= record[key] <= 1.0 for key in RECORDED)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["records"] == records and set(saved["filled_box"]) == {"all", "voc", "nonvoc"}
+    table = (tmp_path / "results.md").read_text()
+    assert "| filled box |" in table and "| ResNet-4 |" in table and "| ResNet-8 |" in table
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "toy.png").stat().st_size > 1000
+
+    # Started again: the scored run is reused without training; the one whose record is
+    # gone (interrupted after its checkpoint) resumes from last.pt at its final step.
+    (tmp_path / "resnet_8_s0" / "record.json").unlink()
+    trained = []
+    real = experiment.run_training
+
+    def spy(cfg, *args, **kwargs):
+        trained.append(cfg.name)
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_training", spy)
+    again = run_study(
+        TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=2, overrides=overrides,
+        progress=False,
+    )  # fmt: skip
+    assert trained == ["resnet_8"]
+    assert again[0] == records[0]
+    assert again[1]["resumed"] and again[1]["steps"] == 2
+    # Other steps (or overrides) would mix two schedules in one row: refused, nothing run.
+    with pytest.raises(ValueError, match=r"trained with another config \(train.steps differ"):
+        run_study(TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=3, overrides=overrides)
+
+
+def test_every_study_row_builds_a_valid_config(tmp_path):
+    data = StudyData(train=["a@train2017"], val="b")
+    for study in STUDIES.values():
+        assert len({row.slug for row in study.rows}) == len(study.rows), study.name
+        for row in study.rows:
+            assert row.preset in PRESETS
+            cfg = run_config(row, 1, 5, data, [])
+            assert cfg.train.seed == 1 and cfg.train.steps == 5 and cfg.data.val_root == "b"
+            # ImageNet weights exactly where the row's backbone has them (table7's
+            # hourglass backbones start from scratch).
+            pretrained = cfg.model.backbone in IMAGENET_WEIGHTS
+            assert cfg.model.backbone_init == ("imagenet" if pretrained else None), row.name
+            assert set(row.paper) <= {"all", "voc", "nonvoc"}
+
+
+def test_study_help_lists_the_tables():
+    done = subprocess.run(
+        [sys.executable, "-m", "deepmac", "study", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    for name in ("table4", "table5", "table6", "table7", "table1_2", "appendix_c", "scaling"):
+        assert name in done.stdout
