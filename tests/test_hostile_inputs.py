@@ -853,3 +853,11 @@ def test_export_eval_and_score_refuse_to_write_over_their_inputs(tmp_path, check
     assert cli("score", gt, "--gt", gt, "--out", gt) == 2
     assert "is the results file; expected a new file" in error_line(capsys)
     assert digest(tmp_path) == before
+
+
+def test_eval_says_when_the_checkpoints_eval_root_is_not_here(tmp_path, capsys):
+    """A checkpoint made elsewhere (a bundled model) names an evaluation root of that machine."""
+    ckpt = write_checkpoint(tmp_path / "m.pt", tiny_config(f"data.val_root={tmp_path / 'gone'}"))
+    assert cli("eval", ckpt) == 1
+    line = error_line(capsys)
+    assert "which is not on this machine; expected --data-root DIR" in line and "gone" in line

@@ -273,6 +273,12 @@ def run_eval(args: argparse.Namespace) -> int:
     ckpt = load_any_checkpoint(args.checkpoint)
     cfg = config_from_dict(ckpt["config"])
     root = Path(args.data_root) if args.data_root else eval_root(cfg)
+    if not args.data_root and not (root / "annotations").is_dir():
+        raise FileNotFoundError(
+            f"the config of {args.checkpoint} evaluates on {root}, which is not on this machine; "
+            f"expected --data-root DIR (a COCO-style root with annotations/instances_"
+            f"{args.split}.json)"
+        )
     dataset = CocoInstances(root, args.split, mask_split=cfg.data.mask_split)
     options = dict(max_images=args.max_images, progress=not args.no_progress)
     start = time.perf_counter()
