@@ -104,11 +104,12 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _check_outputs_spare_inputs(
     args: argparse.Namespace, images: list[ImageFile], viz: Path | None
 ) -> None:
-    """Refuse an ``--out`` that is the boxes file or an image, and overlays that would be
-    written over an image (``--viz`` = a folder of PNG photos): inputs are never replaced."""
-    inputs = {f"the --images file {image.path}": image.path for image in images}
-    inputs["the --boxes file"] = args.boxes
-    check_output_file(args.out, "--out", inputs)
+    """Refuse an ``--out`` that is an image, and overlays that would be written over an image
+    (``--viz`` = a folder of PNG photos): inputs are never replaced. (``--out`` = the boxes
+    file is refused earlier, before the images are listed.)"""
+    check_output_file(
+        args.out, "--out", {f"the --images file {image.path}": image.path for image in images}
+    )
     if viz is None:
         return
     photos = {image.path.resolve() for image in images}

@@ -193,7 +193,8 @@ def run_study(
         for row in study.rows
     ]
     val = CocoInstances(Path(data.val), data.val_split)
-    baseline = {s: filled_box_miou(val)[f"mask_iou/{s}/mIoU"] for s in SPLITS}
+    filled = filled_box_miou(val)
+    baseline = {s: filled[f"mask_iou/{s}/mIoU"] for s in SPLITS}
     write_json_atomic(out / "results.json", {"study": study.name, "filled_box": baseline,
                                              "records": records})  # fmt: skip
     (out / "results.md").write_text(study_markdown(study, records, baseline))
