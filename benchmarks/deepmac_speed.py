@@ -23,10 +23,13 @@ from timing import time_ms
 
 from deepmac.config import ModelConfig
 from deepmac.engine.precision import AMP_DTYPES, autocast
+from deepmac.engine.train import default_forward_step
 from deepmac.mask_heads import fuse_for_inference
-from deepmac.models.build import build_model
+from deepmac.models import EmbeddingFeatures
 from deepmac.models.centernet.decode import decode_detections
-from deepmac.steps import DeepMACStep
+from deepmac.models.deepmac import DeepMACCriterion
+from deepmac.models.families import build_model
+from deepmac.models.instances import InstanceSampler
 from deepmac.structures.masks import paste_masks_in_image
 
 #: name -> (backbone, mask head, input side, training batch): the CPU preset and the official
@@ -45,7 +48,8 @@ def stage_times(model, size: int, repeats: int, amp) -> dict[str, float]:
         stack, features = len(outputs) - 1, outputs[-1]
         heat = model.heatmap_heads[stack](features)
         box_size, offset = model.size_heads[stack](features), model.offset_heads[stack](features)
-        pixel, instance = model.embed(stack, features)
+        pixel, instance = model.pixel_heads[stack](features), model.instance_heads[stack](features)
+        embeddings = EmbeddingFeatures.from_maps(pixel, instance, (size, size))
         (det,) = decode_detections(heat, box_size, offset, stride=4, k=model.max_detections)
         boxes = det.boxes.float()
 
@@ -53,12 +57,12 @@ def stage_times(model, size: int, repeats: int, amp) -> dict[str, float]:
             model.heatmap_heads[stack](features)
             model.size_heads[stack](features)
             model.offset_heads[stack](features)
-            model.embed(stack, features)
+            model.pixel_heads[stack](features), model.instance_heads[stack](features)
 
         def mask_branch():
-            model.mask_branch(pixel, instance, boxes, None, (size, size)).float().sigmoid()
+            model.mask_branch(embeddings, boxes).float().sigmoid()
 
-        probs = model.mask_branch(pixel, instance, boxes, None, (size, size)).float().sigmoid()
+        probs = model.mask_branch(embeddings, boxes).float().sigmoid()
         scaled = boxes * torch.tensor([640 / size, 480 / size] * 2)
         times = {
             "backbone": time_ms(lambda: model.backbone(model.normalize(image)), repeats=repeats),
@@ -109,17 +113,15 @@ def training_batches(size: int, batch: int, steps: int):
 
 def train_images_per_s(cfg: ModelConfig, size: int, batch: int, steps: int, amp) -> float:
     torch.manual_seed(0)
-    model = build_model(cfg).train()
+    model = build_model(cfg, instance_sampler=InstanceSampler(max_instances=24)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    step = DeepMACStep(
-        num_classes=cfg.num_classes, mask_size=32, max_instances=24, mask_loss_weight=5.0
-    )
+    criterion = DeepMACCriterion(num_classes=cfg.num_classes, mask_loss_weight=5.0)
     batches = training_batches(size, batch, steps + 1)
     elapsed = 0.0
     for index, batch_data in enumerate(batches):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-            loss = sum(step(model, None, batch_data).values())
+            loss = sum(default_forward_step(model, criterion, batch_data).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -38,8 +38,8 @@ from timing import time_ms
 
 from deepmac.config import ModelConfig, RCNNConfig
 from deepmac.mask_heads import fuse_for_inference
-from deepmac.models.build import build_model
 from deepmac.models.deepmarc.roi_heads import flatten_boxes
+from deepmac.models.families import build_model
 
 HEADS = {  # name -> (crop side, width): the paper's / Model Garden's settings
     "deepmarc_default": (14, 256),
@@ -99,15 +99,16 @@ def inference_row(
 
 
 def training_row(preset: str, mode: str, data_root: Path, steps: int) -> dict[str, float]:
+    from deepmac.config.presets import get_preset
     from deepmac.data import CocoInstances, build_train_transforms, collate_instances
-    from deepmac.experiment import amp_dtype
-    from deepmac.presets import get_preset
-    from deepmac.steps import training_step
+    from deepmac.engine.precision import amp_dtype
+    from deepmac.engine.train import default_forward_step
+    from deepmac.models.families import build_training_model, get_family
 
     cfg = get_preset(preset)
     cfg.model.mask_train_boxes = mode
     torch.manual_seed(0)
-    model = build_model(cfg.model).train()
+    model = build_training_model(cfg).train()
     dataset = CocoInstances(
         data_root, "train2017", transforms=build_train_transforms(cfg.data.image_size)
     )
@@ -115,12 +116,12 @@ def training_row(preset: str, mode: str, data_root: Path, steps: int) -> dict[st
         [dataset[i] for i in range(cfg.data.batch_size)], size_divisibility=model.size_multiple
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
-    step = training_step(cfg)
+    criterion = get_family(cfg.model.type).criterion(cfg)
     dtype = amp_dtype(cfg.train.amp)
 
     def one_step() -> None:
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            losses = step(model, None, batch)
+            losses = default_forward_step(model, criterion, batch)
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()

@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 
 from deepmac.config import ModelConfig
+from deepmac.config.presets import get_preset
 from deepmac.export import export_onnx, onnx_wrapper
 from deepmac.export.onnx import random_boxes
+from deepmac.inference.checkpoints import model_from_checkpoint
 from deepmac.mask_heads import fuse_for_inference
-from deepmac.models.build import MODEL_TYPES, build_model, model_from_checkpoint
-from deepmac.presets import get_preset
+from deepmac.models.families import build_model
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -86,7 +87,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args.checkpoint:
-        model, cfg = model_from_checkpoint(args.checkpoint, model_types=MODEL_TYPES)
+        model, cfg = model_from_checkpoint(args.checkpoint)
         size, models = cfg.data.image_size, {cfg.model.type: model}
     else:
         size, models = args.size, {}

@@ -7,7 +7,7 @@
    the CUDA model). Reported: steps/s after the first step, whether every logged loss is
    finite, the last loss.
 2. Evaluation and prediction from each run's checkpoint with the predictors on
-   ``device="cuda"`` and the run's autocast: ``deepmac.evaluate`` on ``--eval-images``
+   ``device="cuda"`` and the run's autocast: ``deepmac.evaluation.evaluate`` on ``--eval-images``
    val2017 images (detection AP for the detectors, mIoU from ground-truth boxes for all),
    ms per image of ``predict``, and the largest difference between the CPU's and the GPU's
    box-prompted mask probabilities (float32 both, TF32 off, same boxes).
@@ -42,17 +42,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepmac.config.presets import get_preset
 from deepmac.data import CocoInstances
 from deepmac.engine import read_metrics
 from deepmac.engine.precision import amp_dtype, autocast
-from deepmac.evaluate import evaluate_box_prompted, evaluate_deepmac
-from deepmac.experiment import run_training
-from deepmac.instance_predictor import DeepMACPredictor
-from deepmac.io import write_json_atomic
+from deepmac.evaluation.evaluate import evaluate_box_prompted, evaluate_deepmac
+from deepmac.experiments.training import run_training
+from deepmac.inference.detector import DeepMACPredictor
+from deepmac.inference.segmenter import BoxPromptedSegmenter
 from deepmac.mask_heads import fuse_for_inference
-from deepmac.models.build import build_model
-from deepmac.predictor import BoxPromptedSegmenter
-from deepmac.presets import get_preset
+from deepmac.models.families import build_model
+from deepmac.utils.io import write_json_atomic
 
 TRAINING_PRESETS = ("box_prompted_cpu", "deepmac_cpu", "deepmarc_cpu")
 AMPS = ("bf16", "fp16")
@@ -126,7 +126,7 @@ def check_masks(masks: torch.Tensor, count: int, image_size: tuple[int, int]) ->
 
 
 def eval_and_predict(run: dict[str, Any], amp: str, val: CocoInstances, n: int) -> dict[str, Any]:
-    """The run's checkpoint through ``deepmac.evaluate`` and the predictors on CUDA."""
+    """The run's checkpoint through ``deepmac.evaluation.evaluate`` and the predictors on CUDA."""
     ckpt = run["checkpoint"]
     seg = BoxPromptedSegmenter.from_checkpoint(ckpt, device="cuda", amp=amp)
     if seg.device.type != "cuda":

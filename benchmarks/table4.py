@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 
 from deepmac.config import apply_overrides
+from deepmac.config.presets import get_preset
 from deepmac.data import CocoInstances
-from deepmac.evaluate import evaluate_box_prompted, filled_box_miou
-from deepmac.experiment import run_training
-from deepmac.io import write_json_atomic
-from deepmac.predictor import BoxPromptedSegmenter
-from deepmac.presets import get_preset
+from deepmac.evaluation.evaluate import evaluate_box_prompted, filled_box_miou
+from deepmac.experiments.training import run_training
+from deepmac.inference.segmenter import BoxPromptedSegmenter
 from deepmac.structures.masks import paste_masks_in_image
 from deepmac.studies.runner import git_commit
+from deepmac.utils.io import write_json_atomic
 
 SPLITS = ("all", "voc", "nonvoc")
 

@@ -1,7 +1,7 @@
 """Training speed: images/s of the CPU presets' real training loop, variants side by side.
 
-Each variant is one subprocess that runs ``deepmac.experiment.run_training`` (data loading,
-augmentation, forward, backward, optimizer: everything a training step pays) for
+Each variant is one subprocess that runs ``deepmac.experiments.training.run_training``
+(data loading, augmentation, forward, backward, optimizer: everything a training step pays) for
 ``2 * --steps`` steps on the shared COCO subsets and reports the images/s of the second half
 (the first half warms up allocators and oneDNN kernels). Variants:
 
@@ -47,8 +47,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from deepmac.config import apply_overrides
-    from deepmac.experiment import run_training
-    from deepmac.presets import get_preset
+    from deepmac.config.presets import get_preset
+    from deepmac.experiments.training import run_training
 
     torch.set_num_threads(args.threads)
     cfg = get_preset(args.preset)
@@ -85,25 +85,26 @@ def step_gflops(cfg, batches: int = 4) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from deepmac.data import build_train_loader, build_train_transforms
-    from deepmac.experiment import build_training_datasets
-    from deepmac.models.build import build_model
-    from deepmac.steps import training_step
+    from deepmac.engine.train import default_forward_step
+    from deepmac.experiments.training import build_training_datasets
+    from deepmac.models.families import build_training_model, get_family
 
     torch.manual_seed(0)
-    model = build_model(cfg.model).train()
+    model = build_training_model(cfg).train()
     datasets = build_training_datasets(cfg, build_train_transforms(cfg.data.image_size))
     loader = build_train_loader(
         datasets, cfg.data.batch_size, 0, 0, size_divisibility=model.size_multiple
     )
-    if cfg.model.type in ("deepmac", "deepmarc"):
+    family = get_family(cfg.model.type)
+    if family.detector:
         cfg.model.category_ids = list(datasets[0].category_ids)
-    step = training_step(cfg)
+    criterion = family.criterion(cfg)
     counter = FlopCounterMode(
         display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops}
     )
     with counter, torch.autocast("cpu", dtype=torch.bfloat16):
         for _, batch in zip(range(batches), loader, strict=False):
-            sum(step(model, None, batch).values()).backward()
+            sum(default_forward_step(model, criterion, batch).values()).backward()
     return counter.get_total_flops() / 1e9 / batches
 
 

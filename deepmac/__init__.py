@@ -20,16 +20,16 @@ from typing import Any
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "BoxPromptedSegmenter": "deepmac.predictor",
-    "DeepMACPredictor": "deepmac.instance_predictor",
-    "Instances": "deepmac.instance_predictor",
-    "load_model": "deepmac.instance_predictor",
+    "BoxPromptedSegmenter": "deepmac.inference.segmenter",
+    "DeepMACPredictor": "deepmac.inference.detector",
+    "Instances": "deepmac.inference.detector",
+    "load_model": "deepmac.inference.detector",
     "MASK_HEADS": "deepmac.mask_heads",
     "build_mask_head": "deepmac.mask_heads",
-    "build_model": "deepmac.models.build",
-    "bundled_names": "deepmac.pretrained",
-    "get_preset": "deepmac.presets",
-    "run_training": "deepmac.experiment",
+    "build_model": "deepmac.models.families",
+    "bundled_names": "deepmac.models.pretrained",
+    "get_preset": "deepmac.config.presets",
+    "run_training": "deepmac.experiments.training",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -23,11 +23,11 @@ from pycocotools.coco import COCO
 
 from deepmac.cli.main import build_parser, main
 from deepmac.config import ExperimentConfig, apply_overrides
+from deepmac.config.presets import get_preset
 from deepmac.data import demo_data_root
 from deepmac.data.images import open_image
 from deepmac.engine import save_checkpoint
-from deepmac.models.build import build_model
-from deepmac.presets import get_preset
+from deepmac.models.families import build_model
 from deepmac.structures.polygons import mask_to_polygons
 
 TINY = TINY_BOX_PROMPTED_OVERRIDES

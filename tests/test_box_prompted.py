@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from deepmac.config import apply_overrides
+from deepmac.config.presets import get_preset
 from deepmac.data import demo_data_root
-from deepmac.models import MaskBranch, sample_at_box_centres
-from deepmac.models.build import build_model
-from deepmac.models.instances import gather_training_instances, select_mask_instances
-from deepmac.models.losses import deepmac_mask_loss
-from deepmac.predictor import BoxPromptedSegmenter, check_prompt_boxes
-from deepmac.presets import get_preset
-from deepmac.prompts import load_box_prompts
+from deepmac.inference.prompts import load_box_prompts
+from deepmac.inference.segmenter import BoxPromptedSegmenter, check_prompt_boxes
+from deepmac.models import EmbeddingFeatures, MaskBranch, sample_at_box_centres
+from deepmac.models.families import build_model
+from deepmac.models.instances import InstanceSampler, select_mask_instances
+from deepmac.models.losses import deepmac_mask_loss, sampled_mask_targets
 
 #: Every test here runs on two threads (the machine kind), whatever the session set.
 pytestmark = pytest.mark.usefixtures("two_threads")
@@ -32,7 +32,8 @@ def test_mask_branch_input_layout_and_output_shape():
     instance = torch.randn(2, 32, 16, 16)
     boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0], [8.0, 16.0, 40.0, 60.0], [0.0, 0.0, 10.0, 10.0]])
     index = torch.tensor([0, 1, 1])
-    inputs = branch.head_inputs(pixel, instance, boxes, index, (64, 64))
+    features = EmbeddingFeatures.from_maps(pixel, instance, (64, 64))
+    inputs = branch.head_inputs(features, boxes, index)
     assert inputs.shape == (3, 50, 32, 32)
     # (y, x) coordinates first, end points included.
     assert inputs[0, 0, 0, 0] == -1 and inputs[0, 0, -1, 0] == 1 and inputs[0, 1, 0, -1] == 1
@@ -41,7 +42,7 @@ def test_mask_branch_input_layout_and_output_shape():
     torch.testing.assert_close(inputs[0, 2:18, -1, -1], pixel[0, :, -1, -1])
     # Instance embedding last, read at floor(centre / 64 * 16): box 1 centre (24, 38) -> (9, 6).
     torch.testing.assert_close(inputs[1, 18:, 5, 7], instance[1, :, 9, 6])
-    assert branch(pixel, instance, boxes, index, (64, 64)).shape == (3, 1, 32, 32)
+    assert branch(features, boxes, index).shape == (3, 1, 32, 32)
 
 
 def test_sample_at_box_centres_floors_and_clamps():
@@ -55,21 +56,23 @@ def test_sample_at_box_centres_floors_and_clamps():
 def test_mask_branch_switches_and_errors():
     branch = MaskBranch("resnet4", use_xy=False, use_instance_embedding=False)
     assert branch.in_channels == 16
-    out = branch(torch.randn(1, 16, 8, 8), None, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), None, (8, 8))
+    maps = EmbeddingFeatures.from_maps
+    out = branch(maps(torch.randn(1, 16, 8, 8), None, (8, 8)), torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
     assert out.shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match="16 channels, got 8"):
-        branch(torch.randn(1, 8, 8, 8), None, torch.zeros(1, 4), None, (8, 8))
+        branch(maps(torch.randn(1, 8, 8, 8), None, (8, 8)), torch.zeros(1, 4))
     with pytest.raises(ValueError, match="instance_embedding must have 32 channels"):
-        MaskBranch("resnet4")(torch.randn(1, 16, 8, 8), None, torch.zeros(1, 4), None, (8, 8))
+        MaskBranch("resnet4")(maps(torch.randn(1, 16, 8, 8), None, (8, 8)), torch.zeros(1, 4))
 
 
 def test_mask_branch_zero_and_one_box_in_training():
     branch = MaskBranch("hourglass52").train()  # its bottleneck is 1x1: BN needs 2 crops
     pixel = torch.randn(1, 16, 8, 8, requires_grad=True)
     instance = torch.randn(1, 32, 8, 8)
-    empty = branch(pixel, instance, torch.zeros(0, 4), None, (32, 32))
+    features = EmbeddingFeatures.from_maps(pixel, instance, (32, 32))
+    empty = branch(features, torch.zeros(0, 4))
     assert empty.shape == (0, 1, 32, 32)
-    one = branch(pixel, instance, torch.tensor([[2.0, 2.0, 20.0, 30.0]]), None, (32, 32))
+    one = branch(features, torch.tensor([[2.0, 2.0, 20.0, 30.0]]))
     assert one.shape == (1, 1, 32, 32) and torch.isfinite(one).all()
 
 
@@ -109,7 +112,14 @@ def test_mask_loss_hand_value_and_no_supervision():
     assert empty.item() == 0.0
 
 
-def test_gather_training_instances_caps_and_crops_only_masked():
+def sampled(targets, mask_size, max_instances=100, mode="all"):
+    """The instances the sampler picks and their mask targets, as the box-prompted criterion
+    makes them."""
+    inst = InstanceSampler(max_instances, mode)(targets)
+    return inst, sampled_mask_targets(inst, targets, MaskBranch.mask_targets, mask_size)
+
+
+def test_sampled_instances_cap_and_crop_only_masked():
     masks = torch.zeros(5, 20, 20, dtype=torch.bool)
     masks[:, 5:15, 5:15] = True
     target = {
@@ -117,13 +127,13 @@ def test_gather_training_instances_caps_and_crops_only_masked():
         "gt_masks": masks,
         "has_mask": torch.tensor([True, False, True, False, True]),
     }
-    inst = gather_training_instances([target, target], mask_size=8, max_instances=3)
+    inst, mask_targets = sampled([target, target], mask_size=8, max_instances=3)
     assert inst.boxes.shape == (6, 4) and inst.batch_index.tolist() == [0, 0, 0, 1, 1, 1]
     # Inside the box the target is 1; the edge samples (box edges are sample points, TF
     # convention) straddle the mask border and are soft.
-    assert inst.mask_targets[inst.has_mask][:, 1:-1, 1:-1].min() == 1.0
-    assert inst.mask_targets[inst.has_mask].min() > 0.5
-    assert inst.mask_targets[~inst.has_mask].abs().sum() == 0
+    assert mask_targets[inst.has_mask][:, 1:-1, 1:-1].min() == 1.0
+    assert mask_targets[inst.has_mask].min() > 0.5
+    assert mask_targets[~inst.has_mask].abs().sum() == 0
 
 
 def test_cap_keeps_supervised_instances_first():
@@ -151,11 +161,11 @@ def test_supervised_mode_sends_only_masked_instances_to_the_head():
         "gt_masks": masks,
         "has_mask": torch.tensor([True, False, True, False, True]),
     }
-    inst = gather_training_instances([target], mask_size=8, mode="supervised")
+    inst, mask_targets = sampled([target], mask_size=8, mode="supervised")
     assert len(inst.boxes) == 3 and bool(inst.has_mask.all())
-    full = gather_training_instances([target], mask_size=8, mode="all")
+    full, full_targets = sampled([target], mask_size=8, mode="all")
     # The loss only sees supervised instances, so both modes give it the same targets.
-    torch.testing.assert_close(inst.mask_targets, full.mask_targets[full.has_mask])
+    torch.testing.assert_close(mask_targets, full_targets[full.has_mask])
 
 
 def test_instance_embedding_at_boxes_equals_the_dense_map():
@@ -166,7 +176,7 @@ def test_instance_embedding_at_boxes_equals_the_dense_map():
     boxes[0] = torch.tensor([0.0, 0.0, 3.0, 3.0])  # centre pixel on the top-left border
     boxes[1] = torch.tensor([90.0, 90.0, 96.0, 96.0])  # ... and on the bottom-right one
     index = torch.randint(0, 3, (9,))
-    dense = sample_at_box_centres(model.embed(0, features)[1], boxes, index, (96, 96))
+    dense = sample_at_box_centres(model.instance_heads[0](features), boxes, index, (96, 96))
     sparse = model.instance_embedding_at_boxes(0, features, boxes, index, (96, 96))
     torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
     (grad_dense,) = torch.autograd.grad(dense.sum(), features)
@@ -241,27 +251,27 @@ def tiny_config(**extra):
 
 
 def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
-    from deepmac import experiment
+    from deepmac.experiments import training as experiment
 
     cfg = tiny_config(**{"train.steps": 4, "train.checkpoint_every": 2})
     experiment.run_training(cfg, tmp_path / "straight", progress=False)
 
     # The same run, interrupted during step 3 (after the step-2 checkpoint), then resumed.
-    from deepmac.steps import BoxPromptedStep
+    from deepmac.models.box_prompted import BoxPromptedCriterion
 
-    real_call = BoxPromptedStep.__call__
+    real_call = BoxPromptedCriterion.__call__
     calls = {"n": 0}
 
-    def interrupted(self, model, criterion, batch):
+    def interrupted(self, outputs, targets):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_call(self, model, criterion, batch)
+        return real_call(self, outputs, targets)
 
-    monkeypatch.setattr(BoxPromptedStep, "__call__", interrupted)
+    monkeypatch.setattr(BoxPromptedCriterion, "__call__", interrupted)
     with pytest.raises(KeyboardInterrupt):
         experiment.run_training(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(BoxPromptedStep, "__call__", real_call)
+    monkeypatch.setattr(BoxPromptedCriterion, "__call__", real_call)
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["step"] == 2
     experiment.run_training(cfg, tmp_path / "resumed", resume=True, progress=False)
 

@@ -10,8 +10,10 @@ import torch
 
 from deepmac.config import ModelConfig
 from deepmac.data import CocoInstances, build_eval_transforms, collate_instances, demo_data_root
-from deepmac.models.build import build_model
-from deepmac.steps import DeepMACStep
+from deepmac.engine.train import default_forward_step
+from deepmac.models.deepmac import DeepMACCriterion
+from deepmac.models.families import build_model
+from deepmac.models.instances import InstanceSampler
 
 #: Every test here runs on two threads (the machine kind), whatever the session set.
 pytestmark = pytest.mark.usefixtures("two_threads")
@@ -27,7 +29,7 @@ def tiny_model(num_classes: int = 80):
         num_classes=num_classes,
         max_detections=5,
     )
-    return build_model(cfg)
+    return build_model(cfg, instance_sampler=InstanceSampler(max_instances=8))
 
 
 def tiny_batch(root, split="train2017", count=2, size=64):
@@ -36,7 +38,9 @@ def tiny_batch(root, split="train2017", count=2, size=64):
 
 
 def step_fn():
-    return DeepMACStep(num_classes=80, mask_size=16, max_instances=8, mask_loss_weight=5.0)
+    """The engine's training step with Deep-MAC's criterion."""
+    criterion = DeepMACCriterion(num_classes=80, mask_loss_weight=5.0)
+    return lambda model, _, batch: default_forward_step(model, criterion, batch)
 
 
 def test_mask_branch_gets_gt_boxes_in_training_and_detections_in_eval():
@@ -45,9 +49,9 @@ def test_mask_branch_gets_gt_boxes_in_training_and_detections_in_eval():
     seen = []
     real = model.mask_branch.forward
 
-    def spy(pixel, instance, boxes, batch_index, image_size):
+    def spy(features, boxes, batch_index):
         seen.append(boxes.detach().clone())
-        return real(pixel, instance, boxes, batch_index, image_size)
+        return real(features, boxes, batch_index)
 
     model.mask_branch.forward = spy
     batch, targets = tiny_batch(demo_data_root())

@@ -17,18 +17,20 @@ from deepmac.backbones.fpn import FPNStride4, freeze_batch_norm
 from deepmac.backbones.resnet import RESNET_SPECS
 from deepmac.config import ExperimentConfig, ModelConfig, RCNNConfig, apply_overrides
 from deepmac.data import CocoInstances, build_eval_transforms, collate_instances, demo_data_root
-from deepmac.models.build import build_model
+from deepmac.engine.train import default_forward_step
 from deepmac.models.deepmarc import (
     AnchorGenerator,
     BalancedSampler,
     BoxCoder,
+    DeepMARCCriterion,
     Matcher,
     paste_roi_masks,
     roi_mask_targets,
 )
 from deepmac.models.deepmarc.roi_heads import class_nms
+from deepmac.models.families import build_model
+from deepmac.models.instances import InstanceSampler
 from deepmac.ops import batched_nms
-from deepmac.steps import DeepMARCStep
 from deepmac.structures.boxes import box_iou
 
 
@@ -73,8 +75,16 @@ def tiny_batch(root, split="train2017", count=2, size=128):
     return collate_instances([ds[i] for i in range(count)], size_divisibility=32)
 
 
-def step_fn(max_instances: int = 8) -> DeepMARCStep:
-    return DeepMARCStep(max_instances=max_instances, mask_loss_weight=1.0)
+def step_fn(max_instances: int = 8):
+    """The engine's training step with Deep-MARC's criterion, at most ``max_instances`` GT
+    boxes per image through the mask head."""
+    criterion = DeepMARCCriterion(mask_loss_weight=1.0)
+
+    def step(model, _, batch):
+        model.instance_sampler = InstanceSampler(max_instances=max_instances)
+        return default_forward_step(model, criterion, batch)
+
+    return step
 
 
 LOSS_NAMES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
@@ -271,7 +281,7 @@ def test_mask_head_trains_on_gt_boxes_only_under_gt():
     model = build_model(tiny_config("gt")).train()
     seen = _spy_mask_branch(model)
     batch, targets = tiny_batch(demo_data_root())
-    out = model(batch.tensor, targets, batch.image_sizes, max_mask_instances=100)
+    out = model(batch.tensor, targets, batch.image_sizes)
     ((boxes, index),) = seen
     gt = torch.cat([t["boxes"] for t in targets])
     gt_index = torch.cat([torch.full((len(t["boxes"]),), b) for b, t in enumerate(targets)])
@@ -279,11 +289,12 @@ def test_mask_head_trains_on_gt_boxes_only_under_gt():
     assert torch.equal(boxes, gt) and torch.equal(index, gt_index)
     assert not torch.cat([t["has_mask"] for t in targets]).all()
     assert out.mask_logits[0].shape == (len(gt), 1, 28, 28)
-    assert set(out.losses) == LOSS_NAMES
-    # max_mask_instances caps each image with a random subset of its GT boxes.
+    assert set(DeepMARCCriterion(mask_loss_weight=1.0)(out, targets)) == LOSS_NAMES
+    # The sampler's cap keeps a random subset of each image's GT boxes.
     assert max(len(t["boxes"]) for t in targets) > 2
     seen.clear()
-    model(batch.tensor, targets, batch.image_sizes, max_mask_instances=2)
+    model.instance_sampler = InstanceSampler(max_instances=2)
+    model(batch.tensor, targets, batch.image_sizes)
     ((boxes, index),) = seen
     assert [int((index == b).sum()) for b in range(2)] == [min(2, len(t["boxes"])) for t in targets]
     assert _rows_in(boxes, gt).all()
@@ -300,11 +311,11 @@ def test_mask_head_trains_on_a_mix_under_proposals_plus_gt():
     is_gt = _rows_in(boxes, gt)
     # The foreground RoIs: GT boxes (appended to the proposals, IoU 1) and proposals.
     assert is_gt.any() and (~is_gt).any()
-    assert len(boxes) == len(out.mask_boxes.boxes) <= 2 * 16  # at most 25 % of 64 RoIs each
+    assert len(boxes) == len(out.instances.boxes) <= 2 * 16  # at most 25 % of 64 RoIs each
     # Every box overlaps its target instance's GT box by IoU >= 0.5 (foreground RoIs).
     for b, t in enumerate(targets):
         rows = index == b
-        matched = t["boxes"][out.mask_boxes.gt_index[rows]]
+        matched = t["boxes"][out.instances.gt_index[rows]]
         assert (box_iou(boxes[rows], matched).diagonal() >= 0.5).all()
 
 
@@ -316,7 +327,8 @@ def test_mask_loss_only_counts_instances_with_masks(mode):
 
     def mask_loss(targets):
         torch.manual_seed(1)  # the same anchor and RoI samples each time
-        return model(batch.tensor, targets, batch.image_sizes).losses["loss_mask"].item()
+        out = model(batch.tensor, targets, batch.image_sizes)
+        return DeepMARCCriterion(mask_loss_weight=1.0)(out, targets)["loss_mask"].item()
 
     def with_masks(fill_supervised: bool):
         out = []
@@ -380,7 +392,7 @@ def test_training_steps_lower_the_loss_on_coco_tiny(coco_tiny_root, train_steps)
 
 
 def test_post_processing_shapes_and_predictor(tmp_path):
-    from deepmac.instance_predictor import DeepMACPredictor
+    from deepmac.inference.detector import DeepMACPredictor
 
     torch.manual_seed(0)
     cfg = tiny_config()
@@ -448,7 +460,7 @@ def test_paste_and_targets_share_the_roialign_convention():
 
 
 def test_cpu_preset_is_a_deepmarc_and_builds():
-    from deepmac.presets import get_preset
+    from deepmac.config.presets import get_preset
 
     cfg = get_preset("deepmarc_cpu")
     assert cfg.model.type == "deepmarc" and cfg.model.mask_train_boxes == "gt"
@@ -467,7 +479,7 @@ def test_cpu_preset_is_a_deepmarc_and_builds():
     ],
 )
 def test_official_presets_build_and_run(name, crop, out):
-    from deepmac.presets import get_preset
+    from deepmac.config.presets import get_preset
 
     cfg = get_preset(name)
     assert cfg.data.image_size == 1024 and cfg.data.batch_size == 64

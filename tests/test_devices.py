@@ -29,12 +29,13 @@ from deepmac.data import CocoInstances, build_eval_transforms, collate_instances
 from deepmac.engine import save_checkpoint
 from deepmac.engine.devices import module_device, resolve_device
 from deepmac.engine.precision import AMP_DTYPES, amp_dtype, autocast
-from deepmac.evaluate import evaluate_model
-from deepmac.instance_predictor import DeepMACPredictor, load_model
-from deepmac.models.build import build_model
+from deepmac.engine.train import default_forward_step
+from deepmac.evaluation.evaluate import evaluate_model
+from deepmac.inference.detector import DeepMACPredictor, load_model
+from deepmac.inference.segmenter import BoxPromptedSegmenter
 from deepmac.models.centernet import encode_centernet_targets
-from deepmac.predictor import BoxPromptedSegmenter
-from deepmac.steps import training_step
+from deepmac.models.families import build_model, get_family
+from deepmac.models.instances import InstanceSampler
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -95,7 +96,8 @@ def tiny_experiment(model_type: str) -> ExperimentConfig:
 
 def tiny_model(cfg: ExperimentConfig) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(cfg.model)
+    sampler = InstanceSampler(cfg.data.max_instances, cfg.train.mask_head_instances)
+    return build_model(cfg.model, instance_sampler=sampler)
 
 
 def demo_batch():
@@ -138,9 +140,9 @@ def test_training_step_makes_its_tensors_on_the_batch_device(model_type):
     cfg = tiny_experiment(model_type)
     model = tiny_model(cfg).train()
     batch = demo_batch()
-    step = training_step(cfg)
+    criterion = get_family(cfg.model.type).criterion(cfg)
     with torch.device("meta"):
-        losses = step(model, None, batch)
+        losses = default_forward_step(model, criterion, batch)
         sum(losses.values()).backward()
     assert losses and all(v.device.type == "cpu" for v in losses.values())
     assert all(torch.isfinite(v) for v in losses.values()), losses
@@ -355,10 +357,9 @@ FACTORIES = frozenset(
 
 #: The code training, targets, evaluation and prediction run.
 SCANNED = (
-    "deepmac/steps.py",
-    "deepmac/evaluate.py",
-    "deepmac/predictor.py",
-    "deepmac/instance_predictor.py",
+    "deepmac/inference/segmenter.py",
+    "deepmac/inference/detector.py",
+    "deepmac/inference/image_frame.py",
     "deepmac/engine/train.py",
     "deepmac/export/runtime.py",
     "deepmac/models",

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from deepmac.config import ModelConfig
 from deepmac.data import demo_data_root
 from deepmac.engine.sync_batchnorm import DistributedBatchNorm2d, convert_to_distributed_batchnorm
-from deepmac.models.build import build_model
+from deepmac.models.families import build_model
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
@@ -66,7 +66,7 @@ def test_two_processes_train_like_one_process_with_the_global_batch(tmp_path):
             from deepmac.config import ExperimentConfig, ModelConfig
             from deepmac.engine.checkpoint import unwrap_model
             from deepmac.engine.distributed import cleanup, get_rank
-            from deepmac import experiment
+            from deepmac.experiments import training as experiment
 
             root, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
             torch.set_num_threads(1)

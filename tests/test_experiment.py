@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from deepmac.experiment import build_training_datasets, check_image_size
-from deepmac.presets import get_preset
+from deepmac.config.presets import get_preset
+from deepmac.experiments.training import build_training_datasets, check_image_size
 
 
 def test_evaluation_images_are_left_out_of_training(coco_tiny_root, coco_mini_root, caplog):
@@ -43,7 +43,7 @@ def test_image_size_must_be_a_multiple_of_the_backbone_input():
 
 
 def test_run_training_checks_the_image_size_before_training(tmp_path):
-    from deepmac.experiment import run_training
+    from deepmac.experiments.training import run_training
 
     cfg = get_preset("box_prompted_demo")
     cfg.model.backbone_init = None

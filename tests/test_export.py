@@ -11,7 +11,7 @@ import torch
 
 from deepmac.config import ExperimentConfig, ModelConfig, RCNNConfig
 from deepmac.engine import save_checkpoint
-from deepmac.models.build import build_model
+from deepmac.models.families import build_model
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -19,8 +19,8 @@ pytest.importorskip("onnxruntime")
 from deepmac.cli.main import main  # noqa: E402
 from deepmac.export import check_onnx_parity, export_onnx  # noqa: E402
 from deepmac.export.runtime import OnnxModel  # noqa: E402
-from deepmac.instance_predictor import DeepMACPredictor  # noqa: E402
-from deepmac.predictor import BoxPromptedSegmenter  # noqa: E402
+from deepmac.inference.detector import DeepMACPredictor  # noqa: E402
+from deepmac.inference.segmenter import BoxPromptedSegmenter  # noqa: E402
 
 SIZE = 96
 TOLERANCE = 1e-4  # the bound on probabilities

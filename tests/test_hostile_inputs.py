@@ -28,12 +28,12 @@ from PIL import ExifTags, Image, ImageOps
 
 from deepmac.cli.main import build_parser, main
 from deepmac.config import ExperimentConfig, apply_overrides
+from deepmac.config.presets import get_preset
 from deepmac.data import CocoInstances, demo_data_root
 from deepmac.engine import save_checkpoint
-from deepmac.models.build import build_model
-from deepmac.predictor import BoxPromptedSegmenter, check_prompt_boxes
-from deepmac.presets import get_preset
-from deepmac.prompts import load_box_prompts
+from deepmac.inference.prompts import load_box_prompts
+from deepmac.inference.segmenter import BoxPromptedSegmenter, check_prompt_boxes
+from deepmac.models.families import build_model
 
 TINY = TINY_BOX_PROMPTED_OVERRIDES
 
@@ -244,7 +244,7 @@ def _mode_files(folder: Path) -> dict[str, tuple[Path, int]]:
 def test_every_image_mode_reads_as_8bit_rgb(tmp_path):
     """Row 1 (16-bit PNG): L, LA, P, RGBA, CMYK, I;16, I and F all read as their 8-bit grey,
     16-bit data scaled (not clipped to white); out-of-range values are refused."""
-    from deepmac.predictor import image_to_tensor
+    from deepmac.inference.segmenter import image_to_tensor
 
     root = tmp_path / "coco"
     (root / "val2017").mkdir(parents=True)

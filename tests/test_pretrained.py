@@ -16,13 +16,13 @@ from PIL import Image
 
 from deepmac.cli.main import main
 from deepmac.config import config_from_dict
+from deepmac.config.presets import PRESETS, get_preset
 from deepmac.data import CocoInstances, demo_data_root
 from deepmac.engine.checkpoint import CheckpointError, load_checkpoint
-from deepmac.experiment import build_training_datasets, init_from_checkpoint
-from deepmac.models.build import build_model
-from deepmac.predictor import BoxPromptedSegmenter
-from deepmac.presets import PRESETS, get_preset
-from deepmac.pretrained import (
+from deepmac.experiments.training import build_training_datasets, init_from_checkpoint
+from deepmac.inference.segmenter import BoxPromptedSegmenter
+from deepmac.models.families import build_model
+from deepmac.models.pretrained import (
     CARD_KEYS,
     MODELS_DIR,
     bundled_names,

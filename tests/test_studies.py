@@ -11,10 +11,10 @@ import sys
 import pytest
 from conftest import TINY_BOX_PROMPTED_OVERRIDES
 
-from deepmac import experiment
 from deepmac.backbones import IMAGENET_WEIGHTS
+from deepmac.config.presets import PRESETS
 from deepmac.data import demo_data_root
-from deepmac.presets import PRESETS
+from deepmac.experiments import training as experiment
 from deepmac.studies import STUDIES, Row, Study, StudyData, run_study
 from deepmac.studies.runner import RECORDED, run_config
 

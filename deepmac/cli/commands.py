@@ -1,5 +1,5 @@
-"""Implementations of the model commands train, eval and export, and the checkpoint loading
-they share with ``predict`` (the parser is in ``main``)."""
+"""Implementations of the model commands train, eval, export, models, plot and study (the
+parser is in ``main``; ``predict`` has its own module)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 from deepmac.cli.errors import UsageError
 from deepmac.cli.paths import check_output_file, check_output_folder
@@ -18,7 +16,6 @@ from deepmac.cli.report import print_metrics, write_json_atomic
 from deepmac.config import flatten_config
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: Config keys a resumed run may not change: the weights and optimizer state of the
 #: checkpoint would not fit (``model.backbone_init`` is overwritten by the checkpoint anyway).
@@ -45,10 +42,10 @@ def _check_resume_overrides(saved: dict, resumed: dict, out: Path) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from deepmac.config import apply_overrides, load_config
+    from deepmac.config.presets import describe_presets, get_preset
     from deepmac.engine.checkpoint import existing_run_files
     from deepmac.engine.distributed import cleanup, is_main_process
-    from deepmac.experiment import run_training, training_sets
-    from deepmac.presets import describe_presets, get_preset
+    from deepmac.experiments.training import run_training, training_sets
 
     if args.list:
         print(describe_presets())
@@ -122,7 +119,7 @@ def _apply_init(cfg, init: str) -> None:
     architecture); a backbone weights file or 'imagenet' starts the backbone."""
     from deepmac.config import config_from_dict
     from deepmac.engine.checkpoint import NotADeepmacCheckpoint, load_checkpoint
-    from deepmac.pretrained import resolve_model_path
+    from deepmac.models.pretrained import resolve_model_path
 
     if init == "imagenet":
         cfg.model.backbone_init = init
@@ -161,7 +158,7 @@ def _apply_init(cfg, init: str) -> None:
 def _checkpoint_file(path_or_name: str) -> Path:
     """The file a checkpoint argument names (a bundled model's, for a name), so that no
     output is written over it; the argument as given when it names nothing."""
-    from deepmac.pretrained import resolve_model_path
+    from deepmac.models.pretrained import resolve_model_path
 
     try:
         return resolve_model_path(path_or_name)
@@ -169,45 +166,8 @@ def _checkpoint_file(path_or_name: str) -> Path:
         return Path(path_or_name)  # the loader reports it, after the output checks
 
 
-def load_any_checkpoint(path: str) -> dict:
-    from deepmac.engine import load_checkpoint
-    from deepmac.models.build import MODEL_TYPES
-
-    ckpt = load_checkpoint(path)
-    if ckpt.get("model_type") not in MODEL_TYPES:
-        raise ValueError(
-            f"{path} holds a {ckpt.get('model_type')!r} model; eval and predict take "
-            f"{', '.join(map(repr, MODEL_TYPES))} checkpoints"
-        )
-    return ckpt
-
-
-def build_from_checkpoint(build: Callable[..., T], ckpt: dict, path: str, **kwargs: Any) -> T:
-    """``build(ckpt, **kwargs)`` (a predictor's ``from_checkpoint``, ``model_from_checkpoint``),
-    with a one-line ``CheckpointError`` when the weights do not fit the model of the config
-    saved beside them (torch's own error lists every tensor)."""
-    try:
-        return build(ckpt, **kwargs)
-    except RuntimeError:
-        from deepmac.config import config_from_dict
-        from deepmac.engine.checkpoint import CheckpointError, state_mismatch
-        from deepmac.models.build import build_model
-
-        # Only on failure: the model is built once more, to say what does not fit.
-        cfg = config_from_dict(ckpt["config"])
-        cfg.model.backbone_init = None
-        problem = state_mismatch(build_model(cfg.model).state_dict(), ckpt["model"])
-        if problem is None:
-            raise
-        raise CheckpointError(
-            f"the weights in {path} do not fit the model its config describes "
-            f"(model.type={cfg.model.type!r}, model.backbone={cfg.model.backbone!r}, "
-            f"model.mask_head={cfg.model.mask_head!r}): {problem}"
-        ) from None
-
-
 def run_models(args: argparse.Namespace) -> int:
-    from deepmac.pretrained import MODELS_DIR, bundled_names, card_one_line, read_card
+    from deepmac.models.pretrained import MODELS_DIR, bundled_names, card_one_line, read_card
 
     names = bundled_names()
     if not names:
@@ -232,7 +192,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_study_command(args: argparse.Namespace) -> int:
-    from deepmac.presets import SHARED_DATA
+    from deepmac.config.presets import SHARED_DATA
     from deepmac.studies import StudyData, get_study, run_study
 
     study = get_study(args.table)
@@ -262,15 +222,14 @@ def run_eval(args: argparse.Namespace) -> int:
     from deepmac.config import config_from_dict
     from deepmac.data import CocoInstances
     from deepmac.engine.devices import resolve_device
-    from deepmac.evaluate import evaluate_box_prompted, evaluate_deepmac, filled_box_miou
-    from deepmac.experiment import eval_root
-    from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
-    from deepmac.predictor import PROMPTABLE_MODEL_TYPES, BoxPromptedSegmenter
+    from deepmac.experiments.training import eval_root
+    from deepmac.inference.checkpoints import load_model_checkpoint
+    from deepmac.models.families import get_family
 
     device = resolve_device(args.device)  # before the (slow) checkpoint and dataset loads
     if args.out:
         check_output_file(args.out, "--out", {"the checkpoint": _checkpoint_file(args.checkpoint)})
-    ckpt = load_any_checkpoint(args.checkpoint)
+    ckpt = load_model_checkpoint(args.checkpoint)
     cfg = config_from_dict(ckpt["config"])
     root = Path(args.data_root) if args.data_root else eval_root(cfg)
     if not args.data_root and not (root / "annotations").is_dir():
@@ -282,26 +241,14 @@ def run_eval(args: argparse.Namespace) -> int:
     dataset = CocoInstances(root, args.split, mask_split=cfg.data.mask_split)
     options = dict(max_images=args.max_images, progress=not args.no_progress)
     start = time.perf_counter()
-    if args.gt_boxes and ckpt["model_type"] not in PROMPTABLE_MODEL_TYPES:
-        raise UsageError(
-            f"--gt-boxes needs a model that takes box prompts "
-            f"({', '.join(PROMPTABLE_MODEL_TYPES)}); {args.checkpoint} holds a "
-            f"{ckpt['model_type']!r} model"
-        )
-    if ckpt["model_type"] in DETECTOR_MODEL_TYPES and not args.gt_boxes:
-        predictor = build_from_checkpoint(
-            DeepMACPredictor.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
-        )
-        metrics, _ = evaluate_deepmac(predictor, dataset, **options)
+    # A detector is scored by its detections; every family also from ground-truth boxes.
+    detections = get_family(ckpt["model_type"]).detector and not args.gt_boxes
+    if detections:
+        metrics = _eval_detections(args, ckpt, dataset, device, options)
         shown = {k: v for k, v in metrics.items() if k.endswith(("/AP", "/AP50", "/AP75"))}
         title = f"{args.checkpoint} on {root.name}/{args.split} (detected boxes):"
     else:
-        segmenter = build_from_checkpoint(
-            BoxPromptedSegmenter.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
-        )
-        metrics, _ = evaluate_box_prompted(segmenter, dataset, **options)
-        baseline = filled_box_miou(dataset, max_images=args.max_images)
-        metrics |= {f"filled_box/{k}": v for k, v in baseline.items()}
+        metrics = _eval_gt_boxes(args, ckpt, dataset, device, options)
         # No bbox/* rows: the ground-truth boxes, scored against themselves, give AP 1.
         shown = {
             k.replace("mask_iou/", "model/").replace("filled_box/model/", "filled box/"): v
@@ -321,15 +268,42 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_detections(args, ckpt: dict, dataset, device, options: dict) -> dict[str, float]:
+    from deepmac.evaluation.evaluate import evaluate_deepmac
+    from deepmac.inference.checkpoints import build_from_checkpoint
+    from deepmac.inference.detector import DeepMACPredictor
+
+    predictor = build_from_checkpoint(
+        DeepMACPredictor.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
+    )
+    return evaluate_deepmac(predictor, dataset, **options)[0]
+
+
+def _eval_gt_boxes(args, ckpt: dict, dataset, device, options: dict) -> dict[str, float]:
+    """mIoU and AP from ground-truth boxes, beside the filled box's mIoU."""
+    from deepmac.evaluation.evaluate import evaluate_box_prompted, filled_box_miou
+    from deepmac.inference.checkpoints import build_from_checkpoint
+    from deepmac.inference.segmenter import BoxPromptedSegmenter
+
+    segmenter = build_from_checkpoint(
+        BoxPromptedSegmenter.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
+    )
+    metrics, _ = evaluate_box_prompted(segmenter, dataset, **options)
+    baseline = filled_box_miou(dataset, max_images=args.max_images)
+    return metrics | {f"filled_box/{k}": v for k, v in baseline.items()}
+
+
 def run_export(args: argparse.Namespace) -> int:
     from deepmac.export import check_onnx_parity, export_onnx
-    from deepmac.models.build import MODEL_TYPES, model_from_checkpoint
+    from deepmac.inference.checkpoints import (
+        build_from_checkpoint,
+        load_model_checkpoint,
+        model_from_checkpoint,
+    )
 
     check_output_file(args.onnx, "--onnx", {"the checkpoint": _checkpoint_file(args.checkpoint)})
-    ckpt = load_any_checkpoint(args.checkpoint)
-    model, cfg = build_from_checkpoint(
-        model_from_checkpoint, ckpt, args.checkpoint, model_types=MODEL_TYPES
-    )
+    ckpt = load_model_checkpoint(args.checkpoint)
+    model, cfg = build_from_checkpoint(model_from_checkpoint, ckpt, args.checkpoint)
     model_type = "box_prompted" if args.prompt else cfg.model.type
     metadata = {
         "model_type": model_type,

@@ -23,8 +23,8 @@ from deepmac.cli.paths import check_output_folder
 from deepmac.cli.report import print_metrics, write_json_atomic
 from deepmac.data import CocoInstances, demo_data_root
 from deepmac.data.class_splits import NONVOC_CATEGORY_IDS
-from deepmac.evaluate import coco_category_ids, filled_box_miou
 from deepmac.evaluation import write_coco_results
+from deepmac.evaluation.evaluate import coco_category_ids, filled_box_miou
 from deepmac.visualization import draw_comparison
 
 logger = logging.getLogger(__name__)
@@ -83,9 +83,9 @@ def run_demo(out_dir: str | Path, *, steps: int | None = None, progress: bool = 
 
     An earlier demo in ``out_dir`` is replaced; a folder holding another run is refused.
     """
-    from deepmac.evaluate import evaluate_box_prompted
-    from deepmac.experiment import run_training
-    from deepmac.predictor import BoxPromptedSegmenter
+    from deepmac.evaluation.evaluate import evaluate_box_prompted
+    from deepmac.experiments.training import run_training
+    from deepmac.inference.segmenter import BoxPromptedSegmenter
 
     start = time.perf_counter()
     out_dir = check_output_folder(out_dir, "--out")

@@ -263,7 +263,7 @@ def _add_predict(subparsers) -> None:
     parser.add_argument(
         "--score-threshold",
         type=float_in(0.0, 1.0),
-        default=0.3,  # deepmac.instance_predictor.DEFAULT_SCORE_THRESHOLD (no torch here)
+        default=0.3,  # deepmac.inference.detector.DEFAULT_SCORE_THRESHOLD (no torch here)
         help="Deep-MAC detections below this score are dropped (default 0.3)",
     )
     parser.add_argument(

@@ -20,7 +20,7 @@ from deepmac.cli.paths import check_output_file, check_output_folder
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from deepmac.prompts import BoxPrompt
+    from deepmac.inference.prompts import BoxPrompt
 
     Array = np.ndarray | Tensor
 
@@ -141,13 +141,14 @@ def _labels(names: list[str], scores: Array | list[float]) -> list[str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from deepmac.cli.commands import build_from_checkpoint, load_any_checkpoint
     from deepmac.data.images import check_frame, open_image, read_image
     from deepmac.engine.devices import resolve_device
     from deepmac.engine.progress import progress_bar
-    from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
-    from deepmac.predictor import BoxPromptedSegmenter
-    from deepmac.prompts import assign_image_ids, default_box_format, load_box_prompts
+    from deepmac.inference.checkpoints import build_from_checkpoint, load_model_checkpoint
+    from deepmac.inference.detector import DeepMACPredictor
+    from deepmac.inference.prompts import assign_image_ids, default_box_format, load_box_prompts
+    from deepmac.inference.segmenter import BoxPromptedSegmenter
+    from deepmac.models.families import get_family
     from deepmac.visualization import draw_comparison, draw_instances
 
     # Everything that can be checked is, before the first image: results are written last.
@@ -158,12 +159,12 @@ def run_predict(args: argparse.Namespace) -> int:
     images = collect_images(args.images, recursive=args.recursive)
     _check_outputs_spare_inputs(args, images, viz)
     names = [image.name for image in images]
-    ckpt = load_any_checkpoint(args.checkpoint)
-    if args.boxes is None and ckpt["model_type"] not in DETECTOR_MODEL_TYPES:
+    ckpt = load_model_checkpoint(args.checkpoint)
+    if args.boxes is None and not get_family(ckpt["model_type"]).detector:
         raise UsageError("a box-prompted model needs --boxes (COCO instances or results JSON, CSV)")
     boxes_file = None
     if args.boxes is not None:
-        from deepmac.prompts import warn_if_wrong_box_format
+        from deepmac.inference.prompts import warn_if_wrong_box_format
 
         box_format = args.box_format or default_box_format(args.boxes)
         boxes_file = load_box_prompts(args.boxes, names, box_format=box_format)
@@ -243,8 +244,9 @@ def run_predict(args: argparse.Namespace) -> int:
             chunk = max(1, MASK_PIXELS_PER_CHUNK // (image.height * image.width))
             for first in range(0, len(prompt.boxes), chunk):
                 part = slice(first, first + chunk)
-                masks, mask_scores = segmenter.predict(
-                    None, prompt.boxes[part], mask_threshold=args.mask_threshold
+                # Checked and clipped once, by prompt.valid above.
+                masks, mask_scores = segmenter.predict_clipped(
+                    prompt.boxes[part], mask_threshold=args.mask_threshold
                 )
                 # A box's own score (a detector's) where the file gives one, else the mask's.
                 given = prompt.scores[part].numpy()

@@ -1,8 +1,8 @@
-"""Printing metric tables (JSON outputs: ``deepmac.io.write_json_atomic``)."""
+"""Printing metric tables (JSON outputs: ``deepmac.utils.io.write_json_atomic``)."""
 
 from __future__ import annotations
 
-from deepmac.io import write_json_atomic
+from deepmac.utils.io import write_json_atomic
 
 __all__ = ["print_metrics", "write_json_atomic"]
 

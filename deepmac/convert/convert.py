@@ -246,7 +246,7 @@ def plan_deepmac(weights: WeightSource, options: ConvertOptions, src: str) -> Pl
     cfg.data.image_size = options.image_size
 
     def build() -> nn.Module:
-        from deepmac.models.build import build_model  # noqa: PLC0415 - heavy, only when used
+        from deepmac.models.families import build_model  # noqa: PLC0415 - heavy, only when used
 
         return build_model(model_cfg)
 

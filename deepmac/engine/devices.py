@@ -41,3 +41,11 @@ def module_device(module: nn.Module) -> torch.device:
     for tensor in module.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+def place_model(model: torch.nn.Module, device: str | torch.device | None) -> torch.nn.Module:
+    """``model`` in eval mode, moved to ``device`` (``resolve_device`` names), or left where it
+    is for None (a model under training is evaluated where it trains)."""
+    if device is not None:
+        model = model.to(resolve_device(device))
+    return model.eval()

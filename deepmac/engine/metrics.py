@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepmac import io
+from deepmac.utils import io
 
 __all__ = ["MetricsLog", "read_metrics", "setup_logging", "to_jsonable", "write_json_atomic"]
 

@@ -1,8 +1,9 @@
 """The training loop: one readable, model-agnostic ``train`` function and exact resume.
 
-The engine only relies on the model/criterion protocol (STYLE §3.4): ``model(images, targets)``
-returns raw outputs and ``criterion(outputs, targets)`` returns named, already-weighted scalar
-losses whose sum is the training loss.
+The engine only relies on the model/criterion protocol (STYLE §3.4):
+``model(images, targets=targets)`` returns raw outputs and ``criterion(outputs, targets)``
+returns named, already-weighted scalar losses whose sum is the training loss (every deepmac
+family has one: ``ModelFamily.criterion``).
 
 Exact (bit-for-bit) resume. Restoring weights, optimizer, scheduler and RNGs is not enough: the
 data order must continue where it stopped. :class:`~deepmac.engine.checkpoint.LoaderCursor`
@@ -59,7 +60,7 @@ ForwardStep = Callable[[nn.Module, Callable[..., Mapping[str, Tensor]], Any], Ma
 def default_forward_step(
     model: nn.Module, criterion: Callable[..., Mapping[str, Tensor]], batch: Any
 ) -> Mapping[str, Tensor]:
-    """``criterion(model(images, targets), targets)`` for a ``(images, targets)`` batch.
+    """``criterion(model(images, targets=targets), targets)`` for a ``(images, targets)`` batch.
 
     ``images`` may be a ``(B, 3, H, W)`` tensor or an object with a ``.tensor`` attribute (e.g.
     ``deepmac.data.collate.ImageBatch``), whose tensor is passed. Supply your own
@@ -67,7 +68,7 @@ def default_forward_step(
     """
     images, targets = batch[0], batch[1]
     images = getattr(images, "tensor", images)
-    return criterion(model(images, targets), targets)
+    return criterion(model(images, targets=targets), targets)
 
 
 def move_to_device(obj: Any, device: torch.device) -> Any:

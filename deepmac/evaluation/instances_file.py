@@ -18,8 +18,8 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from deepmac.evaluation.results import encode_masks
-from deepmac.io import write_json_atomic
 from deepmac.structures.polygons import mask_to_polygons
+from deepmac.utils.io import write_json_atomic
 
 __all__ = ["SEGMENTATION_KINDS", "InstancesFile"]
 

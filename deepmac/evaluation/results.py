@@ -20,8 +20,8 @@ from torch import Tensor
 
 from deepmac.data.coco_fields import finite_number_field, finite_numbers_field, int_field
 from deepmac.data.coco_rle import check_rle
-from deepmac.io import write_json_atomic
 from deepmac.structures.boxes import box_xyxy_to_xywh
+from deepmac.utils.io import write_json_atomic
 
 ArrayLike = Tensor | np.ndarray
 

@@ -2,15 +2,16 @@
 
 The wrappers here fix what an ONNX graph can take and give; the models stay unaware of export.
 
-Box-prompted graph (``BoxPromptedOnnx``):
+Box-prompted graph (``BoxPromptedOnnx``, any family through the mask-branch contract):
     inputs  ``image``  ``(1, 3, S, S)`` float32 RGB in 0..255, the image resized so its long side
             is ``S`` (bilinear, no antialiasing) and zero-padded bottom/right to a square
             (``deepmac.data.transforms.ResizePad``; ``S`` is the training ``data.image_size``);
             ``boxes`` ``(N, 4)`` float32 xyxy in pixels of that resized image, ``N`` dynamic
             (0 allowed).
     output  ``mask_probs`` ``(N, M, M)`` float32 box-relative mask probabilities (``M`` = the
-            model's ``mask_size``); paste them into the image with
-            ``deepmac.structures.masks.paste_masks_in_image``.
+            mask branch's ``output_size``); paste them into the image with the branch's
+            convention (``paste_masks_in_image``; Deep-MARC: ``paste_roi_masks``; the file's
+            ``paste`` metadata names it).
 
 Deep-MAC graph (``DeepMACOnnx``): inputs ``image`` as above and ``content_size`` ``(2,)`` float32,
 the ``(h, w)`` of the resized image before padding; outputs ``boxes`` ``(K, 4)`` xyxy in
@@ -40,7 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from deepmac.export.onnx_ops import custom_translation_table
-from deepmac.io import atomic_write
+from deepmac.models.families import get_family
+from deepmac.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +52,8 @@ PARITY_BOX_COUNTS = (1, 7, 0)
 
 
 class BoxPromptedOnnx(nn.Module):
-    """Image and boxes in, per-box mask probabilities out (last backbone stack, as inference).
-
-    Works for every model with the box-prompted embeddings (``box_prompted``, ``deepmac``).
-    """
+    """Image and boxes in, per-box mask probabilities out: ``prompt_features`` and the mask
+    branch, the contract every family keeps (``deepmac.models.mask_branch``)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -61,12 +61,9 @@ class BoxPromptedOnnx(nn.Module):
 
     def forward(self, image: Tensor, boxes: Tensor) -> Tensor:
         """``(1, 3, S, S)`` image, ``(N, 4)`` boxes -> ``(N, M, M)`` probabilities."""
-        ((pixel, instance),) = self.model.embeddings(image)
-        branch = self.model.mask_branch
-        inputs = branch.head_inputs(pixel, instance, boxes, None, tuple(image.shape[-2:]))
-        # The head directly, not MaskBranch.forward: its N == 0 shortcut is a Python branch
-        # that would freeze into the graph. Eval-mode heads handle an empty batch themselves.
-        return torch.sigmoid(branch.head(inputs))[:, 0]
+        features = self.model.prompt_features(image)
+        index = torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
+        return torch.sigmoid(self.model.mask_branch(features, boxes, index))[:, 0]
 
 
 class DeepMACOnnx(nn.Module):
@@ -115,20 +112,9 @@ class DeepMARCOnnx(nn.Module):
         return det.boxes, det.scores, det.labels, probs[:count]
 
 
-#: Model type -> (wrapper, input names, output names).
-_WRAPPERS = {
-    "box_prompted": (BoxPromptedOnnx, ["image", "boxes"], ["mask_probs"]),
-    "deepmac": (
-        DeepMACOnnx,
-        ["image", "content_size"],
-        ["boxes", "scores", "labels", "mask_probs"],
-    ),
-    "deepmarc": (
-        DeepMARCOnnx,
-        ["image", "content_size"],
-        ["boxes", "scores", "labels", "mask_probs"],
-    ),
-}
+#: The graphs' input and output names: with box prompts, and a detector's own.
+_PROMPT_IO = (["image", "boxes"], ["mask_probs"])
+_DETECTOR_IO = (["image", "content_size"], ["boxes", "scores", "labels", "mask_probs"])
 
 
 def onnx_wrapper(model: nn.Module, *, prompt: bool | None = None) -> tuple[nn.Module, list, list]:
@@ -136,20 +122,13 @@ def onnx_wrapper(model: nn.Module, *, prompt: bool | None = None) -> tuple[nn.Mo
 
     Args:
         model: a trained model (``model.model_type`` names its family).
-        prompt: export the box-prompted graph (boxes in) even for a Deep-MAC model, whose
-            embeddings and mask branch take box prompts as well. Default: the model's own graph.
+        prompt: export the box-prompted graph (boxes in) even for a detector, whose mask
+            branch takes box prompts as well. Default: the family's own graph.
     """
-    model_type = getattr(model, "model_type", None)
-    if prompt:
-        if not hasattr(model, "mask_branch") or not hasattr(model, "embeddings"):
-            raise ValueError(f"a {model_type!r} model cannot take box prompts")
-        model_type = "box_prompted"
-    if model_type not in _WRAPPERS:
-        raise ValueError(
-            f"no ONNX export for model type {model_type!r}; available: {', '.join(_WRAPPERS)}"
-        )
-    wrapper, inputs, outputs = _WRAPPERS[model_type]
-    return wrapper(model), inputs, outputs
+    family = get_family(getattr(model, "model_type", None))
+    if prompt or not family.detector:
+        return BoxPromptedOnnx(model), *_PROMPT_IO
+    return family.load("onnx_wrapper")(model), *_DETECTOR_IO
 
 
 def example_inputs(
@@ -207,7 +186,8 @@ def export_onnx(
         prompt: see ``onnx_wrapper``.
         opset: ONNX opset.
         metadata: strings stored in the file's ``metadata_props`` (``deepmac.export.runtime``
-            reads the label map and model type from there).
+            reads the label map and model type from there); ``paste``, the mask branch's
+            paste convention, is added.
 
     Returns:
         The path written.
@@ -240,7 +220,8 @@ def export_onnx(
         )
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto)
-    for key, value in (metadata or {}).items():
+    metadata = {"paste": model.mask_branch.paste_convention, **(metadata or {})}
+    for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
     path = atomic_write(path, lambda f: f.write(proto.SerializeToString()))
     logger.info("wrote %s (%s -> %s)", path, ", ".join(input_names), ", ".join(output_names))

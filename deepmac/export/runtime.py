@@ -4,9 +4,9 @@
     masks = seg.predict_masks(image, boxes_xyxy)     # (N, H, W) bool, like BoxPromptedSegmenter
     det = OnnxModel("deepmac.onnx").detect(image)    # Instances, like DeepMACPredictor
 
-The pre- and post-processing here (resize-pad, box scaling, pasting) is what a deployment in
-another language has to re-implement around the graph; ``deepmac.export.onnx`` documents the
-graph's inputs and outputs.
+The pre- and post-processing around the graph (resize-pad, box scaling, pasting) is the
+predictors' own ``ImageFrame``: what a deployment in another language has to re-implement;
+``deepmac.export.onnx`` documents the graph's inputs and outputs.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepmac.data.transforms import ResizePad
-from deepmac.instance_predictor import Instances
-from deepmac.predictor import check_prompt_boxes, image_to_tensor
-from deepmac.structures.masks import paste_masks_in_image, paste_roi_masks
+from deepmac.inference.detector import Instances
+from deepmac.inference.image_frame import ImageFrame, check_prompt_boxes
+from deepmac.structures.masks import PASTE_CONVENTIONS
 
 
 class OnnxModel:
@@ -50,21 +49,20 @@ class OnnxModel:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.image_size = int(self.session.get_inputs()[0].shape[-1])
-        self.resize = ResizePad(self.image_size)
+        # Files from before the ``paste`` metadata: Deep-MARC's own graph pasted RoIAlign-style.
+        convention = meta.get("paste") or (
+            "roi_align" if self.model_type == "deepmarc" else "crop_and_resize"
+        )
+        self.paste = PASTE_CONVENTIONS[convention]
 
-    def _prepare(self, image) -> tuple[dict[str, np.ndarray], tuple[int, int], torch.Tensor]:
-        """The graph's image inputs (``(1, 3, S, S)`` float32, ``(2,)`` content size), the
-        original ``(H, W)``, and the ``(4,)`` factor from original to input pixels."""
-        pixels = image_to_tensor(image)
-        height, width = pixels.shape[-2:]
-        resized, target = self.resize(pixels, {})
-        new_h, new_w = target["size"]
-        # onnxruntime runs on the CPU here: every tensor around the graph is a CPU one.
-        scale = torch.tensor([new_w / width, new_h / height] * 2, device="cpu")
-        feeds = {"image": resized[None].numpy()}
+    def _prepare(self, image) -> tuple[dict[str, np.ndarray], ImageFrame]:
+        """The graph's image inputs (``(1, 3, S, S)`` float32, ``(2,)`` content size) and the
+        image's frame (onnxruntime runs on the CPU here: so does every tensor around it)."""
+        frame = ImageFrame.of(image, input_size=self.image_size, device="cpu")
+        feeds = {"image": frame.input[None].numpy()}
         if "content_size" in self.input_names:
-            feeds["content_size"] = np.array([new_h, new_w], dtype=np.float32)
-        return feeds, (height, width), scale
+            feeds["content_size"] = np.array(frame.content_size, dtype=np.float32)
+        return feeds, frame
 
     def mask_probs(self, image: Image.Image | np.ndarray, boxes) -> tuple[np.ndarray, torch.Tensor]:
         """Box-relative probabilities ``(N, M, M)`` and the validated, clipped boxes."""
@@ -73,28 +71,31 @@ class OnnxModel:
                 f"this ONNX file is a {self.model_type!r} graph without box input; export with "
                 "--prompt for box prompts"
             )
-        feeds, image_size, scale = self._prepare(image)
-        clipped = check_prompt_boxes(boxes, image_size)
-        feeds["boxes"] = (clipped * scale).numpy().astype(np.float32)
-        (probs,) = self.session.run(["mask_probs"], feeds)
+        probs, clipped, _ = self._mask_probs(image, boxes)
         return probs, clipped
+
+    def _mask_probs(self, image, boxes) -> tuple[np.ndarray, torch.Tensor, ImageFrame]:
+        feeds, frame = self._prepare(image)
+        clipped = check_prompt_boxes(boxes, frame.image_size)
+        feeds["boxes"] = frame.to_input(clipped).numpy().astype(np.float32)
+        (probs,) = self.session.run(["mask_probs"], feeds)
+        return probs, clipped, frame
 
     def predict_masks(self, image, boxes, *, threshold: float = 0.5) -> torch.Tensor:
         """``(N, H, W)`` bool masks for ``(N, 4)`` xyxy boxes of ``image``."""
-        probs, clipped = self.mask_probs(image, boxes)
-        image_size = tuple(image_to_tensor(image).shape[-2:])
-        return paste_masks_in_image(torch.from_numpy(probs), clipped, image_size, threshold)
+        probs, clipped, frame = self._mask_probs(image, boxes)
+        return frame.paste(torch.from_numpy(probs), clipped, self.paste, threshold)
 
     def detect(self, image, *, score_threshold: float = 0.0) -> Instances:
         """Detections with masks in the image's own frame (a Deep-MAC or Deep-MARC graph)."""
         if "boxes" in self.input_names:
             raise ValueError(f"this ONNX file is a {self.model_type!r} graph that needs boxes")
-        feeds, (height, width), scale = self._prepare(image)
+        feeds, frame = self._prepare(image)
         boxes, scores, labels, probs = (
             torch.from_numpy(a) for a in self.session.run(self.output_names, feeds)
         )
         keep = scores >= score_threshold
-        boxes = boxes[keep] / scale
+        boxes = frame.to_image(boxes[keep])
         labels = labels[keep]
         return Instances(
             boxes=boxes,
@@ -106,12 +107,5 @@ class OnnxModel:
             if self.category_ids
             else labels.clone(),
             names=[self.class_names[int(c)] for c in labels] if self.class_names else [],
-            masks=self._paste(probs[keep], boxes, (height, width)),
+            masks=frame.paste(probs[keep], boxes, self.paste, 0.5),
         )
-
-    @property
-    def _paste(self):
-        """The model family's paste convention: Deep-MARC's masks are RoIAligned crops."""
-        if self.model_type == "deepmarc":
-            return paste_roi_masks
-        return paste_masks_in_image

@@ -60,6 +60,8 @@ class MaskHeadEntry:
         paper: where the paper uses it ("-" for code-only heads).
         family: "deepmac", "paper" (not in the official code) or "deepmarc".
         default_channels: ``num_init_channels`` used when the caller passes ``None``.
+        typical_in_channels: the input channels the head is made for, when fixed (the
+            Deep-MARC heads read 256-channel FPN features); the heads table counts with it.
         param_free: no trainable parameters; ``in_channels`` must follow a channel layout.
     """
 
@@ -68,6 +70,7 @@ class MaskHeadEntry:
     paper: str
     family: str = "deepmac"
     default_channels: int = 64
+    typical_in_channels: int | None = None
     param_free: bool = False
 
     def __call__(
@@ -190,6 +193,7 @@ def _make_registry() -> dict[str, MaskHeadEntry]:
             marc_paper[variant],
             family="deepmarc",
             default_channels=256 if variant == "default" else 64,
+            typical_in_channels=256,
         )
     return heads
 
@@ -259,7 +263,7 @@ def format_heads_table(
         if entry.param_free:
             params = "0"
         else:
-            channels = 256 if entry.family == "deepmarc" else in_channels
+            channels = entry.typical_in_channels or in_channels
             params = (
                 f"{count_params(build_mask_head(name, channels, num_init_channels, mask_size)):,}"
             )

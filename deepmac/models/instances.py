@@ -1,7 +1,9 @@
-"""Ground-truth instances of a batch, flattened for the mask branch, with their mask targets.
+"""Which ground-truth instances of a batch go through the mask branch in training.
 
-Which ground-truth boxes of an image go through the mask head in training is decided once, by
-``select_mask_instances``, for every model type.
+Every family trains its mask branch on ground-truth boxes (Deep-MARC also on proposals, as the
+baseline of Tables 1-2); ``InstanceSampler`` picks them, once, the same way for all: every box
+or only the mask-supervised ones, capped per image with supervised instances kept first. The
+mask targets at the picked boxes are the criterion's business (``deepmac.models.losses``).
 """
 
 from __future__ import annotations
@@ -13,28 +15,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepmac.structures.masks import crop_mask_targets
-
 #: ``train.mask_head_instances`` values: every GT box through the head (the official model, so
 #: that BatchNorm statistics see every class) or only the mask-supervised ones.
 MASK_HEAD_INSTANCES = ("all", "supervised")
 
 
 @dataclass
-class TrainingInstances:
-    """The instances of a batch in one flat list.
+class SampledInstances:
+    """The boxes the mask branch trains on, flattened over the batch.
 
     Attributes:
         boxes: ``(N, 4)`` float32 xyxy in pixels of the padded batch.
-        batch_index: ``(N,)`` int64 image of each instance.
-        has_mask: ``(N,)`` bool, mask supervision available.
-        mask_targets: ``(N, S, S)`` float32 soft targets (zeros where ``has_mask`` is False).
+        batch_index: ``(N,)`` int64 image of each box.
+        gt_index: ``(N,)`` int64 ground-truth instance (within its image) whose mask is the
+            target of the box.
+        has_mask: ``(N,)`` bool, whether that mask supervises the head.
     """
 
     boxes: Tensor
     batch_index: Tensor
+    gt_index: Tensor
     has_mask: Tensor
-    mask_targets: Tensor
+
+    def __len__(self) -> int:
+        return len(self.boxes)
 
 
 def check_mask_head_instances(mode: str) -> str:
@@ -83,43 +87,40 @@ def select_mask_instances(
     return keep.sort().values
 
 
-def gather_training_instances(
-    targets: Sequence[dict[str, Any]],
-    *,
-    mask_size: int,
-    max_instances: int = 100,
-    mode: str = "all",
-    generator: torch.Generator | None = None,
-) -> TrainingInstances:
-    """Flatten per-image targets into ``TrainingInstances`` on the targets' device.
+@dataclass
+class InstanceSampler:
+    """Picks the ground-truth boxes of a batch that the mask branch trains on.
 
-    Args:
-        targets: per image, ``boxes`` (n, 4), ``gt_masks`` (n, H, W) bool, ``has_mask`` (n,).
-        mask_size: ``S``.
-        max_instances: cap per image (see ``select_mask_instances``).
-        mode: ``"all"`` or ``"supervised"`` (see ``select_mask_instances``).
+    Attributes:
+        max_instances: cap per image (``data.max_instances``; official 100).
+        mode: ``train.mask_head_instances`` (see ``select_mask_instances``).
     """
-    if not targets:
-        raise ValueError("gather_training_instances needs at least one target")
-    boxes, batch_index, has_mask, mask_targets = [], [], [], []
-    for image, target in enumerate(targets):
-        keep = select_mask_instances(target["has_mask"], max_instances, mode, generator)
-        image_boxes = target["boxes"][keep].float()
-        image_has_mask = target["has_mask"][keep].bool()
-        crops = image_boxes.new_zeros(len(keep), mask_size, mask_size)
-        if image_has_mask.any():
-            # Only supervised instances need their (costly, full-resolution) mask cropped.
-            (sel,) = torch.nonzero(image_has_mask, as_tuple=True)
-            crops[sel] = crop_mask_targets(
-                target["gt_masks"][keep[sel]], image_boxes[sel], mask_size
+
+    max_instances: int = 100
+    mode: str = "all"
+
+    def __post_init__(self) -> None:
+        check_mask_head_instances(self.mode)
+
+    def __call__(
+        self, targets: Sequence[dict[str, Any]], generator: torch.Generator | None = None
+    ) -> SampledInstances:
+        """``SampledInstances`` of per-image targets (``boxes`` ``(n, 4)``, ``has_mask``
+        ``(n,)``), on the targets' device."""
+        if not targets:
+            raise ValueError("InstanceSampler needs at least one target")
+        boxes, batch_index, gt_index, has_mask = [], [], [], []
+        for image, target in enumerate(targets):
+            keep = select_mask_instances(
+                target["has_mask"], self.max_instances, self.mode, generator
             )
-        boxes.append(image_boxes)
-        batch_index.append(torch.full_like(keep, image))
-        has_mask.append(image_has_mask)
-        mask_targets.append(crops)
-    return TrainingInstances(
-        boxes=torch.cat(boxes),
-        batch_index=torch.cat(batch_index),
-        has_mask=torch.cat(has_mask),
-        mask_targets=torch.cat(mask_targets),
-    )
+            boxes.append(target["boxes"][keep].float())
+            batch_index.append(torch.full_like(keep, image))
+            gt_index.append(keep)
+            has_mask.append(target["has_mask"][keep].bool())
+        return SampledInstances(
+            boxes=torch.cat(boxes),
+            batch_index=torch.cat(batch_index),
+            gt_index=torch.cat(gt_index),
+            has_mask=torch.cat(has_mask),
+        )

@@ -1,15 +1,29 @@
 """Crop-then-segment, the one mechanism by which every deepmac model produces masks.
 
-For each box: crop the pixel embedding at the box to ``S x S`` (TF ``crop_and_resize``), put
-the 2-channel box-relative coordinate grid in front of it, append the instance embedding read at
-the box centre and tiled, and run a class-agnostic mask head from ``MASK_HEADS``. Only the boxes
-differ between modes: ground truth when training, detections or user boxes at inference.
+The contract every family's mask branch keeps (box-prompted, Deep-MAC: ``MaskBranch``;
+Deep-MARC: ``deepmac.models.deepmarc.mask_head.RoIMaskBranch``)::
 
-Channel order and sampling follow the official ``deepmac_meta_arch`` (reference digest §1.4-1.8):
-``(y, x, pixel_emb[0:Cp], inst_emb[0:Ci])``.
+    features = model.prompt_features(images)                  # once per image batch
+    mask_logits = model.mask_branch(features, boxes, batch_index)   # (N, 1, S_out, S_out)
+    masks = model.mask_branch.paste(probs, boxes_in_image, image_size, threshold)
+
+with ``crop_size`` (side of the crop the head reads), ``output_size`` (side of its logits),
+``paste`` (the convention that puts box-relative masks back into an image) and
+``mask_targets`` (the same convention the other way: ground-truth masks cropped at boxes).
+Only the boxes differ between modes: ground truth when training, detections or user boxes at
+inference.
+
+``MaskBranch``, for each box: crop the pixel embedding at the box to ``S x S`` (TF
+``crop_and_resize``), put the 2-channel box-relative coordinate grid in front of it, append the
+instance embedding read at the box centre and tiled, and run a class-agnostic mask head from
+``MASK_HEADS``. Channel order and sampling follow the official ``deepmac_meta_arch`` (reference
+digest §1.4-1.8): ``(y, x, pixel_emb[0:Cp], inst_emb[0:Ci])``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +31,7 @@ from torch import Tensor, nn
 from deepmac.mask_heads import build_mask_head
 from deepmac.ops import crop_and_resize
 from deepmac.ops._checks import check_boxes_and_index, check_features
+from deepmac.structures.masks import crop_mask_targets, paste_masks_in_image
 
 
 def coordinate_embedding(mask_size: int, *, dtype=torch.float32, device=None) -> Tensor:
@@ -70,6 +85,44 @@ def sample_at_box_centres(
     return embedding[batch_index, :, rows, cols]  # (N, C)
 
 
+@dataclass
+class EmbeddingFeatures:
+    """What ``MaskBranch`` reads of one batch of images.
+
+    Attributes:
+        pixel: ``(B, Cp, h, w)`` pixel embedding map.
+        instance_at_boxes: ``(boxes (N, 4), batch_index (N,) | None) -> (N, Ci)`` instance
+            embedding at each box centre, or None without instance embedding.
+        image_size: ``(H, W)`` of the padded input the maps cover.
+    """
+
+    pixel: Tensor
+    instance_at_boxes: Callable[[Tensor, Tensor | None], Tensor] | None
+    image_size: tuple[int, int]
+
+    @classmethod
+    def from_maps(
+        cls, pixel: Tensor, instance: Tensor | None, image_size: tuple[int, int]
+    ) -> EmbeddingFeatures:
+        """Features of a pixel map and a ``(B, Ci, h, w)`` instance map (or None), the instance
+        embedding read at each box centre (``sample_at_box_centres``)."""
+        if instance is None:
+            return cls(pixel, None, image_size)
+
+        def at_boxes(boxes: Tensor, batch_index: Tensor | None) -> Tensor:
+            if batch_index is None:
+                batch_index = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
+            return sample_at_box_centres(instance, boxes, batch_index, image_size)
+
+        return cls(pixel, at_boxes, image_size)
+
+
+def _mask_targets(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor, size: int) -> Tensor:
+    """``(N, S, S)`` soft targets: mask ``gt_index[n]`` of ``(G, H, W)`` cropped at box ``n``
+    (TF ``crop_and_resize``, the convention ``MaskBranch`` crops features with)."""
+    return crop_mask_targets(gt_masks[gt_index], boxes, size)
+
+
 class MaskBranch(nn.Module):
     """Mask logits ``(N, 1, S, S)`` for boxes, from pixel and instance embedding maps.
 
@@ -82,7 +135,17 @@ class MaskBranch(nn.Module):
         use_xy: prepend the coordinate embedding (official ``use_xy``).
         use_instance_embedding: append the instance embedding (official
             ``use_instance_embedding``).
+
+    Attributes:
+        crop_size, output_size: ``S`` (the head keeps the crop's size).
+        paste: box-relative masks into an image (``paste_masks_in_image``, TF convention);
+            ``paste_convention`` names it (``structures.masks.PASTE_CONVENTIONS``).
+        mask_targets: ground-truth masks cropped at boxes, in that convention.
     """
+
+    paste_convention = "crop_and_resize"
+    paste = staticmethod(paste_masks_in_image)
+    mask_targets = staticmethod(_mask_targets)
 
     def __init__(
         self,
@@ -99,7 +162,7 @@ class MaskBranch(nn.Module):
         self.head_name = head
         self.pixel_embedding_dim = pixel_embedding_dim
         self.instance_embedding_dim = instance_embedding_dim if use_instance_embedding else 0
-        self.mask_size = mask_size
+        self.crop_size = self.output_size = mask_size
         self.use_xy = use_xy
         self.use_instance_embedding = use_instance_embedding
         self.in_channels = 2 * use_xy + pixel_embedding_dim + self.instance_embedding_dim
@@ -109,77 +172,63 @@ class MaskBranch(nn.Module):
         self.register_buffer("coords", coordinate_embedding(mask_size), persistent=False)
 
     def head_inputs(
-        self,
-        pixel_embedding: Tensor,
-        instance_embedding: Tensor | None,
-        boxes: Tensor,
-        batch_index: Tensor | None,
-        image_size: tuple[float, float],
+        self, features: EmbeddingFeatures, boxes: Tensor, batch_index: Tensor | None
     ) -> Tensor:
         """The ``(N, C_in, S, S)`` mask-head input; see ``forward`` for the arguments."""
-        check_features(pixel_embedding, "pixel_embedding")
-        if pixel_embedding.shape[1] != self.pixel_embedding_dim:
+        pixel = features.pixel
+        check_features(pixel, "pixel_embedding")
+        if pixel.shape[1] != self.pixel_embedding_dim:
             raise ValueError(
                 f"pixel_embedding must have {self.pixel_embedding_dim} channels, "
-                f"got {pixel_embedding.shape[1]}"
+                f"got {pixel.shape[1]}"
             )
-        batch_index = check_boxes_and_index(boxes, batch_index, pixel_embedding.shape[0])
-        num, size = boxes.shape[0], self.mask_size
+        batch_index = check_boxes_and_index(boxes, batch_index, pixel.shape[0])
+        num, size = boxes.shape[0], self.crop_size
         parts = []
         if self.use_xy:
-            parts.append(self.coords.to(pixel_embedding.dtype).expand(num, 2, size, size))
-        parts.append(crop_and_resize(pixel_embedding, boxes, size, batch_index, image_size))
+            parts.append(self.coords.to(pixel.dtype).expand(num, 2, size, size))
+        parts.append(crop_and_resize(pixel, boxes, size, batch_index, features.image_size))
         if self.use_instance_embedding:
-            if (
-                instance_embedding is None
-                or instance_embedding.shape[1] != self.instance_embedding_dim
-            ):
-                found = None if instance_embedding is None else instance_embedding.shape[1]
+            centres = (
+                None
+                if features.instance_at_boxes is None
+                else features.instance_at_boxes(boxes, batch_index)
+            )
+            if centres is None or centres.shape[1] != self.instance_embedding_dim:
+                found = None if centres is None else centres.shape[1]
                 raise ValueError(
                     f"instance_embedding must have {self.instance_embedding_dim} channels, "
                     f"got {found}"
                 )
-            centres = (
-                instance_embedding
-                if instance_embedding.dim() == 2
-                else sample_at_box_centres(instance_embedding, boxes, batch_index, image_size)
-            )
             parts.append(centres[:, :, None, None].expand(num, -1, size, size))
         return torch.cat(parts, dim=1)  # (N, C_in, S, S)
 
     def forward(
-        self,
-        pixel_embedding: Tensor,
-        instance_embedding: Tensor | None,
-        boxes: Tensor,
-        batch_index: Tensor | None,
-        image_size: tuple[float, float],
+        self, features: EmbeddingFeatures, boxes: Tensor, batch_index: Tensor | None = None
     ) -> Tensor:
         """Mask logits for each box.
 
         Args:
-            pixel_embedding: ``(B, Cp, h, w)`` map.
-            instance_embedding: ``(B, Ci, h, w)`` map, ``(N, Ci)`` already read at the box
-                centres (``BoxPromptedDeepMAC.instance_embedding_at_boxes``), or None when
-                ``use_instance_embedding`` is off.
+            features: the embeddings of the batch (``BoxPromptedDeepMAC.prompt_features``).
             boxes: ``(N, 4)`` float xyxy in pixels of the (padded) input image.
             batch_index: ``(N,)`` int64 image of each box (None when B == 1).
-            image_size: ``(H_img, W_img)`` of the padded input the maps cover.
 
         Returns:
             ``(N, 1, S, S)`` box-relative mask logits.
         """
-        inputs = self.head_inputs(
-            pixel_embedding, instance_embedding, boxes, batch_index, image_size
-        )
+        inputs = self.head_inputs(features, boxes, batch_index)
         num = inputs.shape[0]
         if self.training and inputs.device.type == "cpu":
             # oneDNN trains the head's convolutions about 6% faster on channels_last crops.
             inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if torch.compiler.is_exporting():
+            # An exported graph takes any number of boxes: no Python branch on N (eval-mode
+            # heads handle an empty batch themselves).
+            return self.head(inputs)
         if num == 0:
             # No boxes: skip the head (BatchNorm cannot normalise an empty batch); keep the
             # result attached to the embeddings so that a loss on it back-propagates.
-            return inputs.sum() * 0 + inputs.new_zeros(0, 1, self.mask_size, self.mask_size)
+            return inputs.sum() * 0 + inputs.new_zeros(0, 1, self.output_size, self.output_size)
         if num == 1 and self.training:
             # A single crop gives BatchNorm one value per channel at the 1x1 bottleneck of the
             # deep hourglasses, where training-mode statistics are undefined. The official code

@@ -186,3 +186,9 @@ def _roi_axis_weights(lo: Tensor, hi: Tensor, length: int, cells: int) -> Tensor
     weights.scatter_add_(2, (low + 1).clamp(0, cells + 1)[:, :, None], (1 - frac)[:, :, None])
     weights.scatter_add_(2, (low + 2).clamp(0, cells + 1)[:, :, None], frac[:, :, None])
     return weights[:, :, 1:-1]
+
+
+#: Paste conventions by name (``MaskBranch.paste_convention``; an ONNX file's ``paste``
+#: metadata): TF ``crop_and_resize`` (box-prompted, Deep-MAC) and half-pixel RoIAlign
+#: (Deep-MARC).
+PASTE_CONVENTIONS = {"crop_and_resize": paste_masks_in_image, "roi_align": paste_roi_masks}

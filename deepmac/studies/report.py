@@ -67,7 +67,7 @@ def plot_study(
     # The object API draws off-screen without switching the process's pyplot backend.
     from matplotlib.figure import Figure
 
-    from deepmac.io import atomic_write
+    from deepmac.utils.io import atomic_write
 
     rows = [row for row in study.rows if any(r["row"] == row.name for r in records)]
     width = 0.8 / len(SPLITS)

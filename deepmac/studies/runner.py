@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from deepmac.config import ExperimentConfig, apply_overrides, flatten_config
-from deepmac.io import write_json_atomic
 from deepmac.studies.tables import SPLITS, Row, Study
+from deepmac.utils.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-#: The metrics a record keeps of an evaluation (``deepmac.evaluate.evaluate_box_prompted``).
+#: The metrics a record keeps of an evaluation
+#: (``deepmac.evaluation.evaluate.evaluate_box_prompted``).
 RECORDED = tuple(f"mask_iou/{s}/{m}" for s in SPLITS for m in ("mIoU", "mIoU_class"))
 RECORDED += tuple(f"segm/{s}/AP" for s in SPLITS)
 
@@ -74,7 +75,7 @@ def run_config(
     """The config of one run: the row's preset, the study data, the seed and steps, the
     row's overrides, then the command line's."""
     from deepmac.backbones import IMAGENET_WEIGHTS
-    from deepmac.presets import get_preset
+    from deepmac.config.presets import get_preset
 
     cfg = get_preset(row.preset)
     cfg.name = row.slug
@@ -115,9 +116,9 @@ def run_one(
 ) -> dict[str, Any]:
     """Train (or resume) and score one run; its record (reused when already written)."""
     from deepmac.data import CocoInstances
-    from deepmac.evaluate import evaluate_box_prompted
-    from deepmac.experiment import run_training
-    from deepmac.predictor import BoxPromptedSegmenter
+    from deepmac.evaluation.evaluate import evaluate_box_prompted
+    from deepmac.experiments.training import run_training
+    from deepmac.inference.segmenter import BoxPromptedSegmenter
 
     run_dir = out / f"{row.slug}_s{seed}"
     done = run_dir / "record.json"
@@ -173,7 +174,7 @@ def run_study(
     """Every row with every seed (seed-major: an interrupted study has every row at the first
     seeds), then ``results.json``, ``results.md`` and the plot. Returns the records."""
     from deepmac.data import CocoInstances
-    from deepmac.evaluate import filled_box_miou
+    from deepmac.evaluation.evaluate import filled_box_miou
     from deepmac.studies.report import plot_study, study_markdown
 
     out = Path(out)

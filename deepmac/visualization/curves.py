@@ -74,7 +74,7 @@ def plot_training_curves(run_dir: str | os.PathLike, out: str | os.PathLike | No
         axis.grid(alpha=0.3)
     fig.suptitle(f"{run_dir.name}: {metrics_file}", fontsize=9)
     out = Path(out) if out is not None else run_dir / "curves.png"
-    from deepmac.io import atomic_write
+    from deepmac.utils.io import atomic_write
 
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
     return out

@@ -244,7 +244,7 @@ def _check_predictor(
     pixels, ``classes`` 0-based). The image is square at the model's input size, so the
     predictor's resize is the identity."""
     from deepmac.convert import save_conversion
-    from deepmac.instance_predictor import DeepMACPredictor
+    from deepmac.inference.detector import DeepMACPredictor
 
     path = workdir / "deepmac_converted.pt"
     save_conversion(conversion, path)

@@ -42,7 +42,10 @@ class RoIMaskBranch(nn.Module):
         strides: strides of the pooled levels (P2-P5).
 
     Attributes:
+        crop_size: ``S``.
         output_size: side of the mask logits (``2 S`` for the Deep-MARC heads).
+        paste: box-relative masks into an image (``paste_roi_masks``, RoIAlign convention).
+        mask_targets: ground-truth masks RoIAligned at boxes (``roi_mask_targets``).
 
     Raises:
         ValueError: unknown or parameter-free head, or a crop side the head cannot take.
@@ -76,9 +79,29 @@ class RoIMaskBranch(nn.Module):
         self.strides = tuple(strides)
         self.output_size = self.head.output_size(crop_size)
 
-    def forward(self, features: Sequence[Tensor], boxes: Tensor, batch_index: Tensor) -> Tensor:
+    paste_convention = "roi_align"
+    paste = staticmethod(paste_roi_masks)
+
+    @staticmethod
+    def mask_targets(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor, size: int) -> Tensor:
+        """``(N, S, S)`` soft targets: mask ``gt_index[n]`` of ``(G, H, W)`` RoIAligned at box
+        ``n``; only the masks used are converted to float (several RoIs may share one)."""
+        used, remap = gt_index.unique(return_inverse=True)
+        return roi_mask_targets(gt_masks[used], boxes, remap, size)
+
+    def forward(
+        self, features: Sequence[Tensor], boxes: Tensor, batch_index: Tensor | None = None
+    ) -> Tensor:
         """Mask logits ``(N, 1, S_out, S_out)`` for ``(N, 4)`` xyxy boxes (input pixels) on the
-        images ``batch_index`` ``(N,)`` names; ``features`` are P2.. maps ``(B, C, h_l, w_l)``."""
+        images ``batch_index`` ``(N,)`` names (None: all on the first); ``features`` are P2..
+        maps ``(B, C, h_l, w_l)``."""
+        if batch_index is None:
+            batch_index = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
+        if len(boxes) == 0 and not torch.compiler.is_exporting():
+            # No boxes: skip the head (BatchNorm cannot normalise an empty batch); an exact 0
+            # loss on the result still back-propagates into the features.
+            size = self.output_size
+            return features[0].sum() * 0 + features[0].new_zeros(0, 1, size, size)
         rois = pool_levels(features, self.strides, boxes, self.crop_size, batch_index)
         return self.head(rois)
 

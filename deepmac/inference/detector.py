@@ -1,5 +1,5 @@
 """``DeepMACPredictor``: images in, instances out (boxes, scores, classes, masks) with Deep-MAC
-or Deep-MARC (any model type of ``DETECTOR_MODEL_TYPES``).
+or Deep-MARC (any family that detects: ``ModelFamily.detector``).
 
 predictor = load_model("runs/deepmac/last.pt")   # device="cuda", amp="bf16", score_threshold=
 instances = predictor.predict(image)   # boxes (K, 4) xyxy, scores, category_ids, masks (K, H, W)
@@ -17,14 +17,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from deepmac.data.transforms import ResizePad
-from deepmac.engine.devices import module_device
+from deepmac.engine.devices import module_device, place_model
 from deepmac.engine.precision import amp_dtype, autocast
-from deepmac.predictor import image_to_tensor, place_model
-from deepmac.structures.masks import paste_masks_in_image
+from deepmac.inference.image_frame import ImageFrame
 
-#: Checkpoints holding a detector with a mask branch: Deep-MAC and Deep-MARC.
-DETECTOR_MODEL_TYPES = ("deepmac", "deepmarc")
 #: Detections below this score are dropped by ``load_model`` and ``deepmac predict`` (whose
 #: ``--score-threshold`` default spells the same number: the CLI parser imports no torch).
 DEFAULT_SCORE_THRESHOLD = 0.3
@@ -76,7 +72,7 @@ class DeepMACPredictor:
         self.amp_dtype = amp_dtype(amp)
         self.model = place_model(model, device)
         self.device = module_device(self.model)
-        self.resize = ResizePad(image_size)
+        self.input_size = image_size
         # A CPU-side lookup table: the labels are moved to the CPU before indexing it.
         self.category_ids = torch.as_tensor(category_ids, dtype=torch.long, device="cpu")
         self.class_names = list(class_names)
@@ -92,9 +88,9 @@ class DeepMACPredictor:
         fuse: bool = True,
     ) -> DeepMACPredictor:
         """Rebuild the detector from a training checkpoint (``OUT/last.pt``) on ``device``."""
-        from deepmac.models.build import model_from_checkpoint
+        from deepmac.inference.checkpoints import model_from_checkpoint
 
-        model, cfg = model_from_checkpoint(path, model_types=DETECTOR_MODEL_TYPES, fuse=fuse)
+        model, cfg = model_from_checkpoint(path, detector=True, fuse=fuse)
         return cls(
             model,
             image_size=cfg.data.image_size,
@@ -114,24 +110,18 @@ class DeepMACPredictor:
             image: PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` tensor (0..255 RGB).
             mask_threshold: mask probability threshold (strict; Deep-MARC ``>=``).
         """
-        # Moved before the resize, so that the model's device (a GPU) does the resize too.
-        pixels = image_to_tensor(image).to(self.device)
-        height, width = pixels.shape[-2:]
-        resized, target = self.resize(pixels, {})
-        new_h, new_w = target["size"]
+        frame = ImageFrame.of(image, input_size=self.input_size, device=self.device)
         with autocast(self.device, self.amp_dtype):
-            out = self.model(resized[None], image_sizes=[(new_h, new_w)])
+            out = self.model(frame.input[None], image_sizes=[frame.content_size])
         (det,) = out.detections
         probs = out.mask_logits[-1].float().sigmoid()[:, 0]  # (K, S, S)
         keep = det.scores >= self.score_threshold
-        scale = torch.tensor([width / new_w, height / new_h] * 2, device=det.boxes.device)
-        boxes = det.boxes[keep].float() * scale
-        # Each model pastes with its own crop convention: TF crop_and_resize for Deep-MAC,
-        # half-pixel RoIAlign for Deep-MARC (``paste_masks``). Boxes of zero area (a collapsed
-        # size prediction) get an empty mask, not an error. Pasted on the model's device; only
-        # the results cross to the CPU.
-        paste = getattr(self.model, "paste_masks", paste_masks_in_image)
-        masks = paste(probs[keep], boxes, (height, width), mask_threshold)
+        boxes = frame.to_image(det.boxes[keep])
+        # Each family pastes with the convention its branch crops with (TF crop_and_resize for
+        # Deep-MAC, half-pixel RoIAlign for Deep-MARC). Boxes of zero area (a collapsed size
+        # prediction) get an empty mask, not an error. Pasted on the model's device; only the
+        # results cross to the CPU.
+        masks = frame.paste(probs[keep], boxes, self.model.mask_branch.paste, mask_threshold)
         labels = det.labels[keep].cpu()
         return Instances(
             boxes=boxes.cpu(),

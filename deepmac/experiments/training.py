@@ -34,10 +34,8 @@ from deepmac.engine.checkpoint import (
 from deepmac.engine.devices import DEVICE_CHOICES, resolve_device
 from deepmac.engine.distributed import init_distributed, wrap_ddp
 from deepmac.engine.precision import amp_dtype
-from deepmac.evaluate import evaluate_model
-from deepmac.instance_predictor import DETECTOR_MODEL_TYPES
-from deepmac.models.build import build_model
-from deepmac.steps import training_step
+from deepmac.evaluation.evaluate import evaluate_model
+from deepmac.models.families import build_training_model, get_family
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +146,7 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
             f"training set(s) {names}: {num_images} image(s) and 0 annotations (non-crowd, "
             f"with a box); expected annotated objects to learn from"
         )
-    if cfg.model.type == "box_prompted" and sum(d.num_mask_instances for d in datasets) == 0:
+    if not get_family(cfg.model.type).detector and sum(d.num_mask_instances for d in datasets) == 0:
         raise ValueError(
             f"training set(s) {names}: no annotation of the mask-supervised classes "
             f"(data.mask_split={cfg.data.mask_split}) has a segmentation; expected masks to "
@@ -264,7 +262,9 @@ def run_training(
     # A resumed run's weights come from its checkpoint: reading the backbone's initial
     # weights (and logging about them) again would be wasted.
     model_cfg = dataclasses.replace(cfg.model, backbone_init=None) if resume else cfg.model
-    model = build_model(model_cfg).to(device)  # before the optimizer holds its parameters
+    family = get_family(cfg.model.type)
+    # Before the optimizer holds its parameters.
+    model = build_training_model(cfg, model_cfg).to(device)
     if cfg.train.init_from and not resume:
         init_from_checkpoint(model, cfg.train.init_from)
     check_image_size(cfg, model.size_multiple)
@@ -286,7 +286,7 @@ def run_training(
         size_divisibility=model.size_multiple,
         pin_memory=device.type == "cuda",
     )
-    if cfg.model.type in DETECTOR_MODEL_TYPES:
+    if family.detector:
         # The detector scores one class per category of the training data, in contiguous order.
         cfg.model.category_ids = [int(c) for c in datasets[0].category_ids]
         cfg.model.class_names = list(datasets[0].category_names)
@@ -344,7 +344,7 @@ def run_training(
         remove_run_files(out_dir)
     return train(
         model=model,
-        criterion=None,
+        criterion=family.criterion(cfg),
         optimizer=optimizer,
         scheduler=scheduler,
         train_loader=loader,
@@ -352,7 +352,6 @@ def run_training(
         out_dir=out_dir,
         config=cfg.to_dict(),
         model_type=model_type,
-        forward_step=training_step(cfg),
         resume=resume_state,
         clip_grad_norm=cfg.train.clip_grad_norm or None,
         log_every=cfg.train.log_every,

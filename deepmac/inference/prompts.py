@@ -38,7 +38,8 @@ from deepmac.data.coco_fields import (
     object_entry,
     text_field,
 )
-from deepmac.structures.boxes import box_xywh_to_xyxy, clip_boxes
+from deepmac.inference.image_frame import boxes_inside
+from deepmac.structures.boxes import box_xywh_to_xyxy
 
 __all__ = [
     "BoxPrompt",
@@ -75,9 +76,10 @@ class BoxPrompt:
     frame: tuple[int, int] | None = None
 
     def valid(self, height: int, width: int, source: str = "") -> BoxPrompt:
-        """Boxes clipped to the image; boxes left with no area are dropped with one warning."""
-        clipped = clip_boxes(self.boxes, (height, width))
-        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        """Boxes clipped to the image; boxes left with no area are dropped with one warning (a
+        file's other boxes are still worth segmenting; the API refuses such boxes instead:
+        ``check_prompt_boxes``). The one check a file's boxes pass."""
+        clipped, keep = boxes_inside(self.boxes, (height, width))
         if not keep.all():
             logger.warning(
                 "%s image %d: %d box(es) with no area inside the %dx%d image skipped",

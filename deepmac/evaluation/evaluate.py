@@ -1,6 +1,6 @@
-"""Evaluate a model on a COCO dataset the way its type is scored: the box-prompted model by
-mIoU (and AP) from ground-truth boxes, Deep-MAC and Deep-MARC by box and mask AP of their
-detections.
+"""Evaluate a model on a COCO dataset the way its family is scored (``ModelFamily.evaluator``):
+the box-prompted model by mIoU (and AP) from ground-truth boxes, Deep-MAC and Deep-MARC by box
+and mask AP of their detections; any family from ground-truth boxes on request.
 
 The model runs on its predictor's device; the scoring (pycocotools, NumPy) is CPU-side, so the
 dataset's targets stay on the CPU and the predictors return CPU results.
@@ -18,8 +18,9 @@ from deepmac.engine.checkpoint import unwrap_model
 from deepmac.engine.distributed import get_rank, get_world_size
 from deepmac.engine.progress import progress_bar
 from deepmac.evaluation import CocoEvaluator, MaskIoUEvaluator
-from deepmac.instance_predictor import DETECTOR_MODEL_TYPES, DeepMACPredictor
-from deepmac.predictor import BoxPromptedSegmenter
+from deepmac.inference.detector import DeepMACPredictor
+from deepmac.inference.segmenter import BoxPromptedSegmenter
+from deepmac.models.families import get_family
 from deepmac.structures.masks import paste_masks_in_image
 
 
@@ -107,6 +108,28 @@ def evaluate_deepmac(
     return coco.evaluate(), coco.results
 
 
+def evaluate_from_gt_boxes(
+    model, cfg: ExperimentConfig, dataset: CocoInstances, *, max_images: int = 0, progress=False
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """``evaluate_box_prompted`` of a model in memory (any family: every mask branch takes
+    boxes), on the model's device."""
+    segmenter = BoxPromptedSegmenter(unwrap_model(model), image_size=cfg.data.image_size)
+    return evaluate_box_prompted(segmenter, dataset, max_images=max_images, progress=progress)
+
+
+def evaluate_detections(
+    model, cfg: ExperimentConfig, dataset: CocoInstances, *, max_images: int = 0, progress=False
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """``evaluate_deepmac`` of a detector in memory, on the model's device."""
+    predictor = DeepMACPredictor(
+        unwrap_model(model),  # DDP: the predictor calls the model's own methods
+        image_size=cfg.data.image_size,
+        category_ids=cfg.model.category_ids,
+        class_names=cfg.model.class_names,
+    )
+    return evaluate_deepmac(predictor, dataset, max_images=max_images, progress=progress)
+
+
 def evaluate_model(
     model,
     cfg: ExperimentConfig,
@@ -115,17 +138,7 @@ def evaluate_model(
     max_images: int = 0,
     progress: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Evaluate a model in memory the way its type is scored: Deep-MAC and Deep-MARC by
-    detection AP, the box-prompted model by mIoU and AP from ground-truth boxes. The model
-    stays on its device (a CUDA model in training is evaluated on CUDA)."""
-    model = unwrap_model(model)  # DDP: the predictors call the model's own methods
-    if cfg.model.type in DETECTOR_MODEL_TYPES:
-        predictor = DeepMACPredictor(
-            model,
-            image_size=cfg.data.image_size,
-            category_ids=cfg.model.category_ids,
-            class_names=cfg.model.class_names,
-        )
-        return evaluate_deepmac(predictor, dataset, max_images=max_images, progress=progress)
-    segmenter = BoxPromptedSegmenter(model, image_size=cfg.data.image_size)
-    return evaluate_box_prompted(segmenter, dataset, max_images=max_images, progress=progress)
+    """Evaluate a model in memory the way its family is scored (``ModelFamily.evaluator``).
+    The model stays on its device (a CUDA model in training is evaluated on CUDA)."""
+    evaluator = get_family(cfg.model.type).load("evaluator")
+    return evaluator(model, cfg, dataset, max_images=max_images, progress=progress)

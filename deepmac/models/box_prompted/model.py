@@ -2,8 +2,9 @@
 
 A backbone gives stride-4 features; per backbone output (one per hourglass stack) two small
 prediction nets give the pixel embedding (16 ch) and the instance embedding (32 ch); the shared
-``MaskBranch`` turns them into box-relative mask logits. Training uses the ground-truth boxes,
-inference the user's boxes. No detector is involved.
+``MaskBranch`` turns them into box-relative mask logits. Training uses the ground-truth boxes
+(``forward(images, targets=...)``, picked by the model's ``InstanceSampler``), inference the
+user's boxes. No detector is involved. The losses are ``BoxPromptedCriterion``'s.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepmac.models.mask_branch import MaskBranch, box_centre_pixels
+from deepmac.models.instances import InstanceSampler, SampledInstances
+from deepmac.models.mask_branch import EmbeddingFeatures, MaskBranch, box_centre_pixels
 from deepmac.models.pixel_normalization import PixelNormalization
 
 
@@ -35,9 +37,11 @@ def prediction_net(in_channels: int, hidden_channels: int, out_channels: int) ->
 @dataclass
 class BoxPromptedOutputs:
     """``mask_logits``: one ``(N, 1, S, S)`` tensor per backbone output used (all in training,
-    the last one in eval mode, as the official model)."""
+    the last one in eval mode, as the official model). ``instances``: the ground-truth boxes
+    they are at, when the model picked them from training targets."""
 
     mask_logits: list[Tensor]
+    instances: SampledInstances | None = None
 
 
 class BoxPromptedDeepMAC(PixelNormalization, nn.Module):
@@ -48,6 +52,8 @@ class BoxPromptedDeepMAC(PixelNormalization, nn.Module):
         mask_branch: the crop-then-segment branch.
         embedding_head_channels: hidden width of the embedding prediction nets (256).
         pixel_mean, pixel_std: per-channel statistics on 0..255 RGB input.
+        instance_sampler: which ground-truth boxes of the training targets the mask branch
+            trains on (``data.max_instances``, ``train.mask_head_instances``).
     """
 
     model_type = "box_prompted"
@@ -60,10 +66,12 @@ class BoxPromptedDeepMAC(PixelNormalization, nn.Module):
         embedding_head_channels: int = 256,
         pixel_mean: tuple[float, float, float],
         pixel_std: tuple[float, float, float],
+        instance_sampler: InstanceSampler | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.mask_branch = mask_branch
+        self.instance_sampler = instance_sampler or InstanceSampler()
         channels = backbone.out_channels
         # One pair of embedding heads per backbone output, no weight sharing between stacks
         # (official ``_construct_prediction_heads``); one mask branch for all stacks.
@@ -96,15 +104,6 @@ class BoxPromptedDeepMAC(PixelNormalization, nn.Module):
         stacks = range(len(features)) if self.training else [len(features) - 1]
         return [(s, features[s]) for s in stacks]
 
-    def embed(self, stack: int, features: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Pixel ``(B, Cp, h, w)`` and instance ``(B, Ci, h, w)`` embeddings of one stack."""
-        instance = (
-            self.instance_heads[stack](features)
-            if self.mask_branch.use_instance_embedding
-            else None
-        )
-        return self.pixel_heads[stack](features), instance
-
     def instance_embedding_at_boxes(
         self,
         stack: int,
@@ -135,30 +134,70 @@ class BoxPromptedDeepMAC(PixelNormalization, nn.Module):
         hidden = activation(F.conv2d(patches.permute(0, 3, 1, 2), conv3.weight, conv3.bias))
         return conv1(hidden).flatten(1)  # (N, Ci)
 
-    def embeddings(self, images: Tensor) -> list[tuple[Tensor, Tensor | None]]:
-        """Pixel and instance embedding maps of every stack used (see ``stack_features``)."""
-        return [self.embed(s, features) for s, features in self.stack_features(images)]
+    def stack_embeddings(
+        self, stack: int, features: Tensor, image_size: tuple[int, int], *, dense: bool
+    ) -> EmbeddingFeatures:
+        """The ``EmbeddingFeatures`` of one stack's ``(B, C, h, w)`` features.
+
+        ``dense`` computes the instance embedding map once, in float32, and reads it at each
+        box (what several rounds of prompts on one image want: the maps are cached, also
+        under autocast); otherwise the instance head runs at the box centres only
+        (``instance_embedding_at_boxes``: training, one set of boxes).
+        """
+        pixel = self.pixel_heads[stack](features)
+        if dense:
+            pixel = pixel.float()
+        if not self.mask_branch.use_instance_embedding:
+            return EmbeddingFeatures(pixel, None, image_size)
+        if dense:
+            instance = self.instance_heads[stack](features).float()
+            return EmbeddingFeatures.from_maps(pixel, instance, image_size)
+
+        def at_boxes(boxes: Tensor, batch_index: Tensor | None) -> Tensor:
+            return self.instance_embedding_at_boxes(stack, features, boxes, batch_index, image_size)
+
+        return EmbeddingFeatures(pixel, at_boxes, image_size)
+
+    def prompt_features(self, images: Tensor) -> EmbeddingFeatures:
+        """What ``mask_branch`` reads for boxes on ``(B, 3, H, W)`` images: the last stack's
+        embeddings, the instance map computed once (the mask-branch contract,
+        ``deepmac.models.mask_branch``)."""
+        stack, features = self.stack_features(images)[-1]
+        return self.stack_embeddings(stack, features, tuple(images.shape[-2:]), dense=True)
 
     def forward(
-        self, images: Tensor, boxes: Tensor, batch_index: Tensor | None = None
+        self,
+        images: Tensor,
+        boxes: Tensor | None = None,
+        batch_index: Tensor | None = None,
+        *,
+        targets: list[dict] | None = None,
     ) -> BoxPromptedOutputs:
-        """Mask logits for boxes.
+        """Mask logits for boxes, or for the ground-truth boxes the sampler picks of
+        ``targets``.
 
         Args:
             images: ``(B, 3, H, W)`` float RGB in 0..255, padded (H, W multiples of
                 ``size_multiple``).
             boxes: ``(N, 4)`` float xyxy in pixels of ``images``.
             batch_index: ``(N,)`` int64 image of each box (None when B == 1).
+            targets: training targets instead of boxes: per image ``boxes`` ``(n, 4)`` and
+                ``has_mask`` ``(n,)``.
 
         Returns:
             ``BoxPromptedOutputs`` with ``(N, 1, S, S)`` logits per stack used.
         """
+        instances = None
+        if targets is not None:
+            instances = self.instance_sampler(targets)
+            boxes, batch_index = instances.boxes, instances.batch_index
+        elif boxes is None:
+            raise ValueError("pass boxes to segment, or training targets")
         image_size = tuple(images.shape[-2:])
-        logits = []
-        for stack, features in self.stack_features(images):
-            pixel = self.pixel_heads[stack](features)
-            instance = self.instance_embedding_at_boxes(
-                stack, features, boxes, batch_index, image_size
+        logits = [
+            self.mask_branch(
+                self.stack_embeddings(stack, features, image_size, dense=False), boxes, batch_index
             )
-            logits.append(self.mask_branch(pixel, instance, boxes, batch_index, image_size))
-        return BoxPromptedOutputs(mask_logits=logits)
+            for stack, features in self.stack_features(images)
+        ]
+        return BoxPromptedOutputs(mask_logits=logits, instances=instances)

@@ -1,7 +1,8 @@
 """Experiment configuration: nested dataclasses, dotted ``key=value`` overrides, JSON round trip.
 
 A config is data only; models and loaders are built from it in one place per family
-(``deepmac.models.build``). Presets (``deepmac.presets``) are functions returning a config.
+(``deepmac.models.families``). Presets (``deepmac.config.presets``) are functions returning a
+config.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class ModelConfig:
     #: hidden width of the embedding prediction nets (official ``make_prediction_net``: 256).
     embedding_head_channels: int = 256
     #: per-channel statistics of 0..255 RGB input; None = what the backbone's weights expect
-    #: (``deepmac.models.build.DEFAULT_PIXEL_STATS``).
+    #: (``deepmac.models.families.DEFAULT_PIXEL_STATS``).
     pixel_mean: tuple[float, float, float] | None = None
     pixel_std: tuple[float, float, float] | None = None
     #: Deep-MARC: boxes the mask head trains on. "gt" = ground-truth boxes only (the paper,

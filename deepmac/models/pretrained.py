@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 #: Where the bundled checkpoints live (package data).
-MODELS_DIR = Path(__file__).resolve().parent / "assets" / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "assets" / "models"
 
 #: The evaluation splits of a card's metrics: every instance, VOC classes, the 60 others.
 SPLITS = ("all", "voc", "nonvoc")
 
-#: What every model card holds (``deepmac.pretrained.check_card``).
+#: What every model card holds (``deepmac.models.pretrained.check_card``).
 CARD_KEYS = (
     "name",
     "summary",
@@ -174,7 +174,7 @@ def write_bundled_checkpoint(
     """
     import torch
 
-    from deepmac.io import atomic_write
+    from deepmac.utils.io import atomic_write
 
     check_card(card)
     dtype = torch.float16 if dtype is None else dtype

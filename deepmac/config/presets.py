@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Callable
 from pathlib import Path
 
-from deepmac.config import DataConfig, ExperimentConfig, ModelConfig, RCNNConfig, TrainConfig
+from deepmac.config.schema import DataConfig, ExperimentConfig, ModelConfig, RCNNConfig, TrainConfig
 
 
 def box_prompted_demo() -> ExperimentConfig:
@@ -79,7 +79,7 @@ def _table4(head: str) -> Callable[[], ExperimentConfig]:
 
 #: The shared COCO subsets beside the repository (``../shared/data``), where the bundled
 #: models' recipes read their training images.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _bundled(name: str, mask_split: str, steps: int) -> ExperimentConfig:

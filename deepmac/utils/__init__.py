@@ -1,0 +1,1 @@
+"""Helpers every layer may use and that know nothing of models: atomic file writes."""
