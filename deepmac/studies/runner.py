@@ -175,27 +175,38 @@ def run_study(
     seeds), then ``results.json``, ``results.md`` and the plot. Returns the records."""
     from deepmac.data import CocoInstances
     from deepmac.evaluation.evaluate import filled_box_miou
-    from deepmac.studies.report import plot_study, study_markdown
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = [
-        run_one(
-            study,
-            row,
-            seed,
-            out=out,
-            steps=steps,
-            data=data,
-            overrides=overrides or [],
-            progress=progress,
-        )  # fmt: skip
-        for seed in seeds
-        for row in study.rows
-    ]
     val = CocoInstances(Path(data.val), data.val_split)
     filled = filled_box_miou(val)
     baseline = {s: filled[f"mask_iou/{s}/mIoU"] for s in SPLITS}
+    records = []
+    for seed in seeds:
+        for row in study.rows:
+            records.append(
+                run_one(
+                    study,
+                    row,
+                    seed,
+                    out=out,
+                    steps=steps,
+                    data=data,
+                    overrides=overrides or [],
+                    progress=progress,
+                )
+            )
+            # After every run: an interrupted study's finished runs are reported already.
+            _write_results(study, records, baseline, out)
+    return records
+
+
+def _write_results(
+    study: Study, records: list[dict[str, Any]], baseline: dict[str, float], out: Path
+) -> None:
+    """``results.json``, ``results.md`` and the plot of the records so far."""
+    from deepmac.studies.report import plot_study, study_markdown
+
     write_json_atomic(out / "results.json", {"study": study.name, "filled_box": baseline,
                                              "records": records})  # fmt: skip
     (out / "results.md").write_text(study_markdown(study, records, baseline))
@@ -203,4 +214,3 @@ def run_study(
         plot_study(study, records, baseline, out / f"{study.name}.png")
     except ImportError as err:
         logger.warning("no plot: %s", err)
-    return records
