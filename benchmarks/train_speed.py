@@ -7,8 +7,10 @@ Each variant is one subprocess that runs ``deepmac.experiments.training.run_trai
 
 * ``reference``: the code of another checkout (``--reference PATH``, e.g. a ``git worktree`` at
   an older commit) with its own preset, to measure a speed-up in one run on one machine;
-* the preset as it is now with ``train.mask_head_instances`` = ``all`` and ``supervised``, and
-  (box-prompted and Deep-MAC) ``model.freeze_at`` = 0 and 2.
+* the preset as it is now with ``train.mask_head_instances`` = ``--modes`` (default ``all``
+  and ``supervised``) and, for box-prompted and Deep-MAC, ``model.freeze_at`` = ``--freeze``
+  (default 0, 2 and 5: nothing, the stem and stride-4 stage, the whole EfficientNet trunk;
+  Deep-MAC: 0 and 2).
 
 Every variant runs ``--repeats`` times, interleaved, and the best run counts (the machine is a
 shared VM: the best of several is the least disturbed). The FLOPs of one training step
@@ -18,6 +20,7 @@ variant's share of the machine's bf16 and fp32 matmul peak, measured in the same
 Usage:
     python benchmarks/train_speed.py [--presets box_prompted_cpu deepmac_cpu deepmarc_cpu]
         [--steps 10] [--repeats 2] [--reference ../ref] [--data ../shared/data] [--out FILE]
+        [--modes all supervised] [--freeze 0 2 5]
 """
 
 from __future__ import annotations
@@ -196,6 +199,10 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, help="another checkout to compare with")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--modes", nargs="+", default=["all", "supervised"],
+                        help="train.mask_head_instances values to measure")  # fmt: skip
+    parser.add_argument("--freeze", nargs="+", type=int, default=[0, 2, 5],
+                        help="model.freeze_at values to measure (Deep-MAC: at most 2)")  # fmt: skip
     parser.add_argument(
         "--compile-head",
         action="store_true",
@@ -222,9 +229,13 @@ def main() -> None:
     for preset in args.presets:
         if args.reference is not None and preset == "box_prompted_cpu":
             variants.append((f"{preset} @ reference", args.reference, preset, []))
-        # Deep-MARC freezes its trunk's first stages with rcnn.freeze_at (2 in its preset).
-        freeze = (0, 2) if preset != "deepmarc_cpu" else (None,)
-        for mode in ("all", "supervised"):
+        # Deep-MARC freezes its trunk's first stages with rcnn.freeze_at (2 in its preset);
+        # Deep-MAC's detection heads are measured with the trunk's first stages frozen at most.
+        freeze = {
+            "box_prompted_cpu": tuple(args.freeze),
+            "deepmac_cpu": tuple(f for f in args.freeze if f <= 2),
+        }.get(preset, (None,))
+        for mode in args.modes:
             for freeze_at in freeze:
                 overrides = [f"train.mask_head_instances={mode}"]
                 label = f"{preset} {mode}"

@@ -27,7 +27,9 @@ _EXPORTS = {
     "MASK_HEADS": "deepmac.mask_heads",
     "build_mask_head": "deepmac.mask_heads",
     "build_model": "deepmac.models.families",
-    "bundled_names": "deepmac.models.pretrained",
+    "MODEL_FAMILIES": "deepmac.models.families",
+    "get_family": "deepmac.models.families",
+    "bundled_names": "deepmac.engine.pretrained",
     "get_preset": "deepmac.config.presets",
     "run_training": "deepmac.experiments.training",
 }

@@ -33,15 +33,7 @@ from deepmac.models.instances import InstanceSampler
 from deepmac.ops import batched_nms
 from deepmac.structures.boxes import box_iou
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: one thread is as fast as two on an idle machine and does not
-    # stall for seconds at every OpenMP barrier when the 2 cores are shared (measured 10x).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(mask_train_boxes: str = "gt", **overrides) -> ModelConfig:

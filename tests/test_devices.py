@@ -43,14 +43,7 @@ MODEL_TYPES = ("box_prompted", "deepmac", "deepmarc")
 CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread is as fast as two, and does not stall at OpenMP barriers when
-    # the cores are shared.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_experiment(model_type: str) -> ExperimentConfig:

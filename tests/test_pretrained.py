@@ -19,10 +19,7 @@ from deepmac.config import config_from_dict
 from deepmac.config.presets import PRESETS, get_preset
 from deepmac.data import CocoInstances, demo_data_root
 from deepmac.engine.checkpoint import CheckpointError, load_checkpoint
-from deepmac.experiments.training import build_training_datasets, init_from_checkpoint
-from deepmac.inference.segmenter import BoxPromptedSegmenter
-from deepmac.models.families import build_model
-from deepmac.models.pretrained import (
+from deepmac.engine.pretrained import (
     CARD_KEYS,
     MODELS_DIR,
     bundled_names,
@@ -30,6 +27,9 @@ from deepmac.models.pretrained import (
     read_card,
     resolve_model_path,
 )
+from deepmac.experiments.training import build_training_datasets, init_from_checkpoint
+from deepmac.inference.segmenter import BoxPromptedSegmenter
+from deepmac.models.families import build_model
 
 NAMES = ["box-prompted-all", "box-prompted-voc"]
 DEMO_IMAGE = demo_data_root() / "val2017" / "000000055299.jpg"

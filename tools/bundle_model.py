@@ -23,10 +23,7 @@ import torch
 from deepmac.config import config_from_dict
 from deepmac.data import CocoInstances
 from deepmac.engine.checkpoint import load_checkpoint
-from deepmac.evaluation.evaluate import evaluate_box_prompted, filled_box_miou
-from deepmac.experiments.training import build_training_datasets, eval_root
-from deepmac.inference.segmenter import BoxPromptedSegmenter
-from deepmac.models.pretrained import (
+from deepmac.engine.pretrained import (
     MODELS_DIR,
     SPLITS,
     bundled_names,
@@ -34,6 +31,9 @@ from deepmac.models.pretrained import (
     read_card,
     write_bundled_checkpoint,
 )
+from deepmac.evaluation.evaluate import evaluate_box_prompted, filled_box_miou
+from deepmac.experiments.training import build_training_datasets, eval_root
+from deepmac.inference.segmenter import BoxPromptedSegmenter
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "models.md"
@@ -70,7 +70,7 @@ masks, scores = seg.predict(image, boxes_xyxy)
 
 `make models` retrains both from their recipes (the `bundled_box_prompted_*` presets) and
 rebuilds this page with `tools/bundle_model.py`. The sections below are generated from the
-cards stored in the files (`deepmac.models.pretrained.read_card`); a test checks that they agree.
+cards stored in the files (`deepmac.engine.pretrained.read_card`); a test checks that they agree.
 The filled box (the ground-truth box itself used as the mask) is the baseline a box-prompted
 model must beat.
 """

@@ -139,35 +139,42 @@ def load_backbone_weights(
             f"unexpected {unexpected[:_MAX_LISTED]} ({len(unexpected)})"
         )
     backbone.load_state_dict({k: state_dict[k] for k in matched}, strict=False)
-    # One summary line; where the file lives is a detail (DEBUG).
+    _log_load(backbone, path, len(matched), len(model_state), matched, missing, unexpected)
+    return missing, unexpected
+
+
+def _log_load(
+    backbone: nn.Module,
+    path: str | Path,
+    loaded: int,
+    total: int,
+    matched: list[str],
+    missing: list[str],
+    unexpected: list[str],
+) -> None:
+    """One summary line of ``load_backbone_weights``; where the file lives is a detail (DEBUG).
+    A classifier file fills the whole trunk: its lack of neck keys and its extra classifier
+    keys are expected, and worth only a debug line. Trunk keys left at init are a warning."""
     logger.info(
         "backbone weights: %d/%d tensors of %s from %s",
-        len(matched),
-        len(model_state),
+        loaded,
+        total,
         type(backbone).__name__,
         Path(path).name,
     )
     logger.debug("backbone weights file: %s", path)
-    # A classifier file fills the whole trunk: its lack of neck keys and its extra classifier
-    # keys are expected, and worth only a debug line. Trunk keys left at init are a warning.
     classifier_file = all(k.startswith("body.") for k in matched) and not any(
         k.startswith("body.") for k in missing
     )
     report = logger.debug if classifier_file else logger.warning
+    more = lambda keys: " ..." if len(keys) > _MAX_LISTED else ""  # noqa: E731
     if missing:
         report(
             "%d backbone keys not in %s (kept at init): %s%s",
-            len(missing),
-            path,
-            missing[:_MAX_LISTED],
-            " ..." if len(missing) > _MAX_LISTED else "",
-        )
+            len(missing), path, missing[:_MAX_LISTED], more(missing),
+        )  # fmt: skip
     if unexpected:
         report(
             "%d keys of %s unused by the backbone: %s%s",
-            len(unexpected),
-            path,
-            unexpected[:_MAX_LISTED],
-            " ..." if len(unexpected) > _MAX_LISTED else "",
-        )
-    return missing, unexpected
+            len(unexpected), path, unexpected[:_MAX_LISTED], more(unexpected),
+        )  # fmt: skip

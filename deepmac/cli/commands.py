@@ -41,54 +41,16 @@ def _check_resume_overrides(saved: dict, resumed: dict, out: Path) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from deepmac.config import apply_overrides, load_config
-    from deepmac.config.presets import describe_presets, get_preset
-    from deepmac.engine.checkpoint import existing_run_files
+    from deepmac.config.presets import describe_presets
     from deepmac.engine.distributed import cleanup, is_main_process
     from deepmac.experiments.training import run_training, training_sets
 
     if args.list:
         print(describe_presets())
         return 0
-    if args.preset is None and args.config is None:
-        raise UsageError("train needs a PRESET (see deepmac train --list) or --config FILE.json")
-    if args.preset is not None and args.config is not None:
-        raise UsageError(
-            f"train takes a PRESET or --config, found both ({args.preset}, {args.config}); "
-            f"the config file replaces the preset"
-        )
-    base = load_config(args.config) if args.config else None
-    name = args.preset or base.name
-    out = check_output_folder(args.out or f"runs/{name}", "--out")
-    existing = existing_run_files(out)
-    if args.resume:
-        if not (out / "last.pt").is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {out / 'last.pt'}")
-        cfg = load_config(out / "config.json")  # the run's own config, not the preset's
-        saved = cfg.to_dict()
-    else:
-        if existing and not args.overwrite and not args.print_config:
-            raise UsageError(
-                f"--out {out} already holds a run ({', '.join(existing)}); expected an empty "
-                f"or new folder: pass --resume to continue that run, or --overwrite to replace it"
-            )
-        cfg = base if base is not None else get_preset(args.preset)
-    if args.data_root:
-        cfg.data.roots = [str(Path(r)) for r in args.data_root]
-    if args.steps is not None:
-        cfg.train.steps = args.steps
-    if args.init is not None:
-        _apply_init(cfg, args.init)
-    if args.device is not None:
-        cfg.train.device = args.device
-    if args.amp is not None:
-        cfg.train.amp = args.amp
-    apply_overrides(cfg, args.overrides)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
+    cfg, out = _train_config(args)
+    if cfg is None:  # --print-config
         return 0
-    if args.resume:
-        _check_resume_overrides(saved, cfg.to_dict(), out)
     for root, _ in training_sets(cfg) if cfg.data.roots else []:
         if not (root / "annotations").is_dir():
             raise FileNotFoundError(
@@ -114,12 +76,61 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    """``(config, run folder)`` of ``deepmac train``: the preset, ``--config`` or the resumed
+    run's own config, with the options and overrides applied; ``(None, out)`` once
+    ``--print-config`` printed it."""
+    from deepmac.config import apply_overrides, load_config
+    from deepmac.config.presets import get_preset
+    from deepmac.engine.checkpoint import existing_run_files
+
+    if args.preset is None and args.config is None:
+        raise UsageError("train needs a PRESET (see deepmac train --list) or --config FILE.json")
+    if args.preset is not None and args.config is not None:
+        raise UsageError(
+            f"train takes a PRESET or --config, found both ({args.preset}, {args.config}); "
+            f"the config file replaces the preset"
+        )
+    base = load_config(args.config) if args.config else None
+    out = check_output_folder(args.out or f"runs/{args.preset or base.name}", "--out")
+    if args.resume:
+        if not (out / "last.pt").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {out / 'last.pt'}")
+        cfg = load_config(out / "config.json")  # the run's own config, not the preset's
+        saved = cfg.to_dict()
+    else:
+        existing = existing_run_files(out)
+        if existing and not args.overwrite and not args.print_config:
+            raise UsageError(
+                f"--out {out} already holds a run ({', '.join(existing)}); expected an empty "
+                f"or new folder: pass --resume to continue that run, or --overwrite to replace it"
+            )
+        cfg = base if base is not None else get_preset(args.preset)
+    if args.data_root:
+        cfg.data.roots = [str(Path(r)) for r in args.data_root]
+    if args.steps is not None:
+        cfg.train.steps = args.steps
+    if args.init is not None:
+        _apply_init(cfg, args.init)
+    if args.device is not None:
+        cfg.train.device = args.device
+    if args.amp is not None:
+        cfg.train.amp = args.amp
+    apply_overrides(cfg, args.overrides)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return None, out
+    if args.resume:
+        _check_resume_overrides(saved, cfg.to_dict(), out)
+    return cfg, out
+
+
 def _apply_init(cfg, init: str) -> None:
     """``--init``: a bundled model or deepmac checkpoint starts the whole model (and gives its
     architecture); a backbone weights file or 'imagenet' starts the backbone."""
     from deepmac.config import config_from_dict
     from deepmac.engine.checkpoint import NotADeepmacCheckpoint, load_checkpoint
-    from deepmac.models.pretrained import resolve_model_path
+    from deepmac.engine.pretrained import resolve_model_path
 
     if init == "imagenet":
         cfg.model.backbone_init = init
@@ -158,7 +169,7 @@ def _apply_init(cfg, init: str) -> None:
 def _checkpoint_file(path_or_name: str) -> Path:
     """The file a checkpoint argument names (a bundled model's, for a name), so that no
     output is written over it; the argument as given when it names nothing."""
-    from deepmac.models.pretrained import resolve_model_path
+    from deepmac.engine.pretrained import resolve_model_path
 
     try:
         return resolve_model_path(path_or_name)
@@ -167,7 +178,7 @@ def _checkpoint_file(path_or_name: str) -> Path:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from deepmac.models.pretrained import MODELS_DIR, bundled_names, card_one_line, read_card
+    from deepmac.engine.pretrained import MODELS_DIR, bundled_names, card_one_line, read_card
 
     names = bundled_names()
     if not names:

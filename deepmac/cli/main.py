@@ -105,6 +105,13 @@ def _add_train(subparsers) -> None:
         choices=["none", "bf16", "fp16"],
         help="autocast dtype (overrides train.amp), as --amp of eval and predict",
     )
+    _add_train_run_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    parser.set_defaults(handler=_lazy("run_train"))
+
+
+def _add_train_run_options(parser: argparse.ArgumentParser) -> None:
+    """``train``'s options about the run folder and the config it starts from."""
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument(
         "--resume",
@@ -128,8 +135,6 @@ def _add_train(subparsers) -> None:
         action="store_true",
         help="print the full config (PRESET or --config, with the overrides) as JSON and exit",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
-    parser.set_defaults(handler=_lazy("run_train"))
 
 
 def _add_models(subparsers) -> None:
@@ -272,6 +277,14 @@ def _add_predict(subparsers) -> None:
         default=0.5,
         help="mask probability above which a pixel is in the mask (default 0.5)",
     )
+    _add_predict_outputs(parser)
+    _add_inference_device(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    parser.set_defaults(handler=_run_predict)
+
+
+def _add_predict_outputs(parser: argparse.ArgumentParser) -> None:
+    """``predict``'s output options: the JSON file, its format and encoding, overlays."""
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument(
         "--format",
@@ -299,9 +312,6 @@ def _add_predict(subparsers) -> None:
         help="also write PNG overlays into this folder (ground truth beside prediction when "
         "--boxes is an instances JSON with masks)",
     )
-    _add_inference_device(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
-    parser.set_defaults(handler=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:

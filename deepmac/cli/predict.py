@@ -141,15 +141,10 @@ def _labels(names: list[str], scores: Array | list[float]) -> list[str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from deepmac.data.images import check_frame, open_image, read_image
     from deepmac.engine.devices import resolve_device
-    from deepmac.engine.progress import progress_bar
-    from deepmac.inference.checkpoints import build_from_checkpoint, load_model_checkpoint
-    from deepmac.inference.detector import DeepMACPredictor
-    from deepmac.inference.prompts import assign_image_ids, default_box_format, load_box_prompts
-    from deepmac.inference.segmenter import BoxPromptedSegmenter
+    from deepmac.inference.checkpoints import load_model_checkpoint
+    from deepmac.inference.prompts import assign_image_ids
     from deepmac.models.families import get_family
-    from deepmac.visualization import draw_comparison, draw_instances
 
     # Everything that can be checked is, before the first image: results are written last.
     _check_arguments(args)
@@ -158,27 +153,15 @@ def run_predict(args: argparse.Namespace) -> int:
     viz = check_output_folder(args.viz, "--viz") if args.viz else None
     images = collect_images(args.images, recursive=args.recursive)
     _check_outputs_spare_inputs(args, images, viz)
-    names = [image.name for image in images]
     ckpt = load_model_checkpoint(args.checkpoint)
     if args.boxes is None and not get_family(ckpt["model_type"]).detector:
         raise UsageError("a box-prompted model needs --boxes (COCO instances or results JSON, CSV)")
-    boxes_file = None
-    if args.boxes is not None:
-        from deepmac.inference.prompts import warn_if_wrong_box_format
-
-        box_format = args.box_format or default_box_format(args.boxes)
-        boxes_file = load_box_prompts(args.boxes, names, box_format=box_format)
-        frames = {image.name: image for image in images}
-        for name, prompt in boxes_file.prompts.items():
-            if prompt.frame is not None:
-                image = frames[name]
-                check_frame(prompt.frame, image.displayed, image.stored, image.path, args.boxes)
-        drawn_on = {n: p.frame or frames[n].displayed for n, p in boxes_file.prompts.items()}
-        warn_if_wrong_box_format(boxes_file.prompts, drawn_on, str(args.boxes), box_format)
+    boxes_file = _read_boxes(args, images) if args.boxes is not None else None
+    if boxes_file is not None:
         image_ids, categories = boxes_file.image_ids, boxes_file.categories
     else:
         model_cfg = ckpt["config"]["model"]
-        image_ids = assign_image_ids(names, {})
+        image_ids = assign_image_ids([image.name for image in images], {})
         categories = [
             {"id": int(c), "name": n}
             for c, n in zip(model_cfg["category_ids"], model_cfg["class_names"], strict=True)
@@ -187,92 +170,10 @@ def run_predict(args: argparse.Namespace) -> int:
     if viz is not None:
         viz.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    progress = dict(desc="predict", enabled=not args.no_progress, unit="img")
     if boxes_file is None:
-        predictor = build_from_checkpoint(
-            DeepMACPredictor.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
-        )
-        predictor.score_threshold = args.score_threshold
-        for image_file in progress_bar(images, **progress):
-            image = open_image(image_file.path)  # as displayed (EXIF orientation applied)
-            image_id = image_ids[image_file.name]
-            output.add_image(image_id, image_file, image.height, image.width)
-            inst = predictor.predict(image, mask_threshold=args.mask_threshold)
-            output.add(image_id, inst.boxes, inst.scores, inst.category_ids, inst.masks)
-            if viz is not None:
-                overlay = draw_instances(
-                    image, inst.masks, inst.boxes, _labels(inst.names, inst.scores.tolist())
-                )
-                _save(overlay, viz, image_file)
+        _predict_detections(args, ckpt, device, images, image_ids, output, viz)
     else:
-        # Any model with a mask branch takes box prompts, Deep-MAC included.
-        segmenter = build_from_checkpoint(
-            BoxPromptedSegmenter.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
-        )
-        without = [image.name for image in images if image.name not in boxes_file.prompts]
-        if without:
-            logger.warning(
-                "%d of %d image(s) have no boxes in %s (e.g. %s): %s",
-                len(without),
-                len(images),
-                args.boxes,
-                ", ".join(without[:3]),
-                "listed without annotations" if args.format == "instances" else "skipped",
-            )
-        for image_file in progress_bar(images, **progress):
-            prompt = boxes_file.prompts.get(image_file.name)
-            image_id = image_ids[image_file.name]
-            crowd = boxes_file.crowd.get(image_file.name, [])
-            if prompt is None:
-                height, width = image_file.displayed
-                output.add_image(image_id, image_file, height, width, crowd)
-                continue
-            # The frame the boxes were drawn in: an instances JSON's width and height pick it
-            # as for a dataset; otherwise the image as displayed.
-            pixels = read_image(image_file.path, frame=prompt.frame, source=str(args.boxes))
-            image = Image.fromarray(pixels)
-            output.add_image(image_id, image_file, image.height, image.width, crowd)
-            prompt = prompt.valid(image.height, image.width, source=str(args.boxes))
-            if len(prompt.boxes) == 0:
-                continue
-            # The boxes go through in chunks whose masks are encoded into the output and
-            # dropped before the next chunk: a 24-megapixel image holds 24 MB per mask, so
-            # memory stays that of one chunk whatever the number of boxes (--viz, which draws
-            # every mask of the image at once, keeps them).
-            segmenter.set_image(image)
-            kept_masks, kept_scores = [], []
-            chunk = max(1, MASK_PIXELS_PER_CHUNK // (image.height * image.width))
-            for first in range(0, len(prompt.boxes), chunk):
-                part = slice(first, first + chunk)
-                # Checked and clipped once, by prompt.valid above.
-                masks, mask_scores = segmenter.predict_clipped(
-                    prompt.boxes[part], mask_threshold=args.mask_threshold
-                )
-                # A box's own score (a detector's) where the file gives one, else the mask's.
-                given = prompt.scores[part].numpy()
-                scores = np.where(np.isnan(given), mask_scores, given)
-                output.add(
-                    prompt.image_id, prompt.boxes[part], scores, prompt.category_ids[part], masks
-                )
-                if viz is not None:
-                    kept_masks.append(masks)
-                    kept_scores.append(mask_scores)
-                del masks
-            if viz is not None:
-                masks, mask_scores = np.concatenate(kept_masks), np.concatenate(kept_scores)
-                gt = (
-                    _ground_truth(prompt, image, str(args.boxes))
-                    if boxes_file.ground_truth
-                    else None
-                )
-                labels = _labels(prompt.labels, mask_scores)
-                if gt is None:
-                    overlay = draw_instances(image, masks, prompt.boxes, labels, title="prediction")
-                else:
-                    overlay = draw_comparison(
-                        image, gt, masks, prompt.boxes, prompt.labels, mask_scores
-                    )
-                _save(overlay, viz, image_file)
+        _predict_prompts(args, ckpt, device, images, boxes_file, output, viz)
     output.write(args.out)
     elapsed = time.perf_counter() - start
     print(
@@ -281,6 +182,138 @@ def run_predict(args: argparse.Namespace) -> int:
         f"({args.format}{', ' + args.segmentation if args.format == 'instances' else ''})"
     )
     return 0
+
+
+def _read_boxes(args: argparse.Namespace, images: list[ImageFile]):
+    """The ``BoxPrompts`` of ``--boxes`` for the images, their frames checked against the
+    images and a wrong ``--box-format`` warned about."""
+    from deepmac.data.images import check_frame
+    from deepmac.inference.prompts import (
+        default_box_format,
+        load_box_prompts,
+        warn_if_wrong_box_format,
+    )
+
+    box_format = args.box_format or default_box_format(args.boxes)
+    boxes_file = load_box_prompts(args.boxes, [i.name for i in images], box_format=box_format)
+    frames = {image.name: image for image in images}
+    for name, prompt in boxes_file.prompts.items():
+        if prompt.frame is not None:
+            image = frames[name]
+            check_frame(prompt.frame, image.displayed, image.stored, image.path, args.boxes)
+    drawn_on = {n: p.frame or frames[n].displayed for n, p in boxes_file.prompts.items()}
+    warn_if_wrong_box_format(boxes_file.prompts, drawn_on, str(args.boxes), box_format)
+    return boxes_file
+
+
+def _progress(args: argparse.Namespace, images: list[ImageFile]):
+    from deepmac.engine.progress import progress_bar
+
+    return progress_bar(images, desc="predict", enabled=not args.no_progress, unit="img")
+
+
+def _predict_detections(args, ckpt, device, images, image_ids, output, viz) -> None:
+    """A detector's own instances of every image."""
+    from deepmac.data.images import open_image
+    from deepmac.inference.checkpoints import build_from_checkpoint
+    from deepmac.inference.detector import DeepMACPredictor
+    from deepmac.visualization import draw_instances
+
+    predictor = build_from_checkpoint(
+        DeepMACPredictor.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
+    )
+    predictor.score_threshold = args.score_threshold
+    for image_file in _progress(args, images):
+        image = open_image(image_file.path)  # as displayed (EXIF orientation applied)
+        image_id = image_ids[image_file.name]
+        output.add_image(image_id, image_file, image.height, image.width)
+        inst = predictor.predict(image, mask_threshold=args.mask_threshold)
+        output.add(image_id, inst.boxes, inst.scores, inst.category_ids, inst.masks)
+        if viz is not None:
+            labels = _labels(inst.names, inst.scores.tolist())
+            _save(draw_instances(image, inst.masks, inst.boxes, labels), viz, image_file)
+
+
+def _predict_prompts(args, ckpt, device, images, boxes_file, output, viz) -> None:
+    """Masks at the boxes of ``--boxes``, any family (every mask branch takes box prompts)."""
+    from deepmac.data.images import read_image
+    from deepmac.inference.checkpoints import build_from_checkpoint
+    from deepmac.inference.segmenter import BoxPromptedSegmenter
+
+    segmenter = build_from_checkpoint(
+        BoxPromptedSegmenter.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
+    )
+    without = [image.name for image in images if image.name not in boxes_file.prompts]
+    if without:
+        logger.warning(
+            "%d of %d image(s) have no boxes in %s (e.g. %s): %s",
+            len(without),
+            len(images),
+            args.boxes,
+            ", ".join(without[:3]),
+            "listed without annotations" if args.format == "instances" else "skipped",
+        )
+    for image_file in _progress(args, images):
+        prompt = boxes_file.prompts.get(image_file.name)
+        image_id = boxes_file.image_ids[image_file.name]
+        crowd = boxes_file.crowd.get(image_file.name, [])
+        if prompt is None:
+            height, width = image_file.displayed
+            output.add_image(image_id, image_file, height, width, crowd)
+            continue
+        # The frame the boxes were drawn in: an instances JSON's width and height pick it as
+        # for a dataset; otherwise the image as displayed.
+        pixels = read_image(image_file.path, frame=prompt.frame, source=str(args.boxes))
+        height, width = pixels.shape[:2]
+        output.add_image(image_id, image_file, height, width, crowd)
+        # The one check and clip of the file's boxes (empty ones skipped with a warning).
+        prompt = prompt.valid(height, width, source=str(args.boxes))
+        if len(prompt.boxes) == 0:
+            continue
+        segmenter.set_image(pixels)
+        masks, mask_scores = _segment_in_chunks(args, segmenter, prompt, output, viz is not None)
+        if viz is not None:
+            overlay = _prompt_overlay(args, boxes_file, prompt, pixels, masks, mask_scores)
+            _save(overlay, viz, image_file)
+
+
+def _segment_in_chunks(args, segmenter, prompt, output, keep: bool):
+    """Masks of the prompt's boxes on the segmenter's image, encoded into ``output`` chunk by
+    chunk and dropped: a 24-megapixel image holds 24 MB per mask, so memory stays that of one
+    chunk whatever the number of boxes. With ``keep`` (``--viz``, which draws every mask of the
+    image at once) the masks and their scores are returned too."""
+    height, width = segmenter.image_size
+    kept_masks, kept_scores = [], []
+    chunk = max(1, MASK_PIXELS_PER_CHUNK // (height * width))
+    for first in range(0, len(prompt.boxes), chunk):
+        part = slice(first, first + chunk)
+        masks, mask_scores = segmenter.predict_clipped(
+            prompt.boxes[part], mask_threshold=args.mask_threshold
+        )
+        # A box's own score (a detector's) where the file gives one, else the mask's.
+        given = prompt.scores[part].numpy()
+        scores = np.where(np.isnan(given), mask_scores, given)
+        output.add(prompt.image_id, prompt.boxes[part], scores, prompt.category_ids[part], masks)
+        if keep:
+            kept_masks.append(masks)
+            kept_scores.append(mask_scores)
+        del masks
+    if not keep:
+        return None, None
+    return np.concatenate(kept_masks), np.concatenate(kept_scores)
+
+
+def _prompt_overlay(args, boxes_file, prompt, pixels, masks, mask_scores) -> Image.Image:
+    """The ``--viz`` picture of one image's prompts: ground truth beside the prediction when
+    the boxes file is an instances JSON with masks, else the prediction."""
+    from deepmac.visualization import draw_comparison, draw_instances
+
+    image = Image.fromarray(pixels)
+    gt = _ground_truth(prompt, image, str(args.boxes)) if boxes_file.ground_truth else None
+    if gt is None:
+        labels = _labels(prompt.labels, mask_scores)
+        return draw_instances(image, masks, prompt.boxes, labels, title="prediction")
+    return draw_comparison(image, gt, masks, prompt.boxes, prompt.labels, mask_scores)
 
 
 def _overlay_path(viz: Path, image_file: ImageFile) -> Path:

@@ -86,13 +86,11 @@ def build_train_loader(
 
     Args:
         datasets: a dataset, or several (e.g. repeated ``--data-root``) to concatenate.
-        batch_size: images per batch (per process).
-        num_workers: DataLoader worker processes.
+        batch_size: images per batch (per process). num_workers: DataLoader processes.
         seed: base seed of shuffling and augmentation.
-        size_divisibility: passed to :func:`collate_instances`.
-        drop_last: drop the last incomplete batch.
-        persistent_workers: keep workers across epochs (needs ``num_workers > 0``).
-        pin_memory: pin batches for faster host-to-GPU copies.
+        size_divisibility: passed to :func:`collate_instances`. drop_last: drop the last
+            incomplete batch. persistent_workers: keep workers across epochs (needs
+            ``num_workers > 0``). pin_memory: pin batches for host-to-GPU copies.
 
     Returns:
         DataLoader yielding ``(ImageBatch, list[target])``.
@@ -115,12 +113,7 @@ def build_train_loader(
     # rank r takes every N-th index from r, so step t of N processes with batch B sees exactly
     # the images of step t of one process with batch N x B.
     sampler = DistributedSampler(
-        dataset,
-        num_replicas=world_size,
-        rank=rank,
-        shuffle=True,
-        seed=seed,
-        drop_last=drop_last,
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
     )
     return DataLoader(
         dataset,

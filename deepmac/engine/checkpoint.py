@@ -263,7 +263,7 @@ def load_checkpoint(
     """Load a checkpoint written by :func:`save_checkpoint` onto the CPU.
 
     Args:
-        path: checkpoint file, or the name of a bundled model (``deepmac.models.pretrained``).
+        path: checkpoint file, or the name of a bundled model (``deepmac.engine.pretrained``).
         expected_model_type: if given, the checkpoint's ``model_type`` must equal it.
 
     Returns:
@@ -275,7 +275,7 @@ def load_checkpoint(
             deepmac checkpoint, from a newer format, or of another model type; or a bare
             word that names no bundled model (with a did-you-mean).
     """
-    from deepmac.models.pretrained import resolve_model_path  # a leaf module: names -> files
+    from deepmac.engine.pretrained import resolve_model_path  # a leaf module: names -> files
 
     try:
         path = resolve_model_path(path)

@@ -45,6 +45,7 @@ from deepmac.engine.progress import TrainProgress
 
 __all__ = [
     "ForwardStep",
+    "LoopSettings",
     "ResumeState",
     "default_forward_step",
     "move_to_device",
@@ -169,6 +170,51 @@ def _check_losses(losses: Any, step: int) -> dict[str, Tensor]:
     return dict(losses)
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """How ``train`` steps, logs, evaluates and saves (its keyword arguments of those names).
+
+    Attributes:
+        clip_grad_norm: max global gradient L2 norm; ``None`` disables clipping.
+        log_every: log to ``metrics.jsonl`` and the progress bar every this many steps (losses
+            averaged over the window, and over ranks).
+        eval_every: call ``evaluate`` every this many steps; 0 disables it.
+        checkpoint_every: save ``last.pt`` every this many steps; 0 saves only at the end.
+        amp_dtype: autocast dtype, e.g. ``torch.bfloat16``; ``torch.float16`` also enables a
+            ``GradScaler``. ``None`` trains in float32.
+        accumulate_steps: micro-batches whose gradients make one optimizer step (each loss is
+            divided by it, so a step equals one batch that many times larger for losses that
+            average over the batch).
+        progress: show progress on rank 0: a tqdm bar on a terminal, else an INFO log line
+            per logging window with step, loss, lr, images/s and ETA
+            (``deepmac.engine.progress.TrainProgress``).
+        tensorboard: also write every logged record as TensorBoard scalars to
+            ``out_dir/tensorboard/`` (needs the ``tensorboard`` package).
+
+    Raises:
+        ValueError: a negative period, ``log_every < 1`` or ``accumulate_steps < 1``.
+    """
+
+    clip_grad_norm: float | None = None
+    log_every: int = 20
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    amp_dtype: torch.dtype | None = None
+    accumulate_steps: int = 1
+    progress: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        for name, low in (
+            ("log_every", 1),
+            ("eval_every", 0),
+            ("checkpoint_every", 0),
+            ("accumulate_steps", 1),
+        ):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+
+
 def train(
     *,
     model: nn.Module,
@@ -183,135 +229,91 @@ def train(
     forward_step: ForwardStep | None = None,
     start_step: int = 0,
     resume: ResumeState | None = None,
-    clip_grad_norm: float | None = None,
-    log_every: int = 20,
-    eval_every: int = 0,
     evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
-    checkpoint_every: int = 0,
-    amp_dtype: torch.dtype | None = None,
-    accumulate_steps: int = 1,
-    progress: bool = True,
-    tensorboard: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Train ``model`` for ``total_steps`` optimizer steps, cycling over ``train_loader``.
+    """Train ``model`` for ``total_steps`` optimizer steps in all, cycling over ``train_loader``
+    (``(images, targets)`` batches by default; a fixed number per epoch).
 
-    Each step: draw a batch, run ``forward_step`` under autocast, guard against non-finite
-    losses, backward, clip, optimizer and scheduler step; then log, evaluate and checkpoint
-    when their period divides the step. Steps count completed updates, so the checkpoint saved
-    after step ``s`` holds ``step == s``. Only rank 0 writes files.
-
-    Files in ``out_dir``: ``config.json`` (at start), ``metrics.jsonl`` (appended; on resume,
-    lines after the resumed step are dropped first) and ``last.pt`` (periodic and final).
-
-    Args:
-        model: the model, already on its device (and DDP-wrapped when distributed).
-        criterion: ``criterion(outputs, targets) -> {"loss_*": scalar}``, already weighted.
-        optimizer: the optimizer.
-        scheduler: stepped once per optimizer step (e.g. :func:`build_warmup_cosine`).
-        train_loader: yields batches; by default ``(images, targets)`` (see
-            :func:`default_forward_step`). Needs a fixed number of batches per epoch.
-        total_steps: stop after this many optimizer steps in all (not counting from resume).
-        out_dir: run directory.
-        config: JSON-like run configuration, saved to ``config.json`` and in checkpoints.
-        model_type: stored in checkpoints and checked on load.
-        forward_step: ``forward_step(model, criterion, batch) -> losses``; the batch is already
-            on the model's device. Defaults to :func:`default_forward_step`.
-        start_step: first step number when not resuming (the data order starts at epoch 0).
-        resume: from :func:`resume_from`; continues the run bit-for-bit.
-        clip_grad_norm: max global gradient L2 norm; ``None`` disables clipping.
-        log_every: log to ``metrics.jsonl`` and the progress bar every this many steps (losses
-            averaged over the window, and over ranks).
-        eval_every: call ``evaluate`` every this many steps; 0 disables it.
-        evaluate: ``evaluate(model, step) -> metrics``, called on every rank in eval mode under
-            ``torch.no_grad`` (gathering across ranks is its job); its RNG use does not perturb
-            training.
-        checkpoint_every: save ``last.pt`` every this many steps; 0 saves only at the end.
-        amp_dtype: autocast dtype, e.g. ``torch.bfloat16``; ``torch.float16`` also enables a
-            ``GradScaler``. ``None`` trains in float32.
-        accumulate_steps: micro-batches whose gradients make one optimizer step (each loss is
-            divided by it, so a step equals one batch that many times larger for losses that
-            average over the batch).
-        progress: show progress on rank 0: a tqdm bar on a terminal, else an INFO log line
-            per logging window with step, loss, lr, images/s and ETA
-            (``deepmac.engine.progress.TrainProgress``).
-        tensorboard: also write every logged record as TensorBoard scalars to
-            ``out_dir/tensorboard/`` (needs the ``tensorboard`` package).
+    Each step: ``forward_step(model, criterion, batch)`` (default :func:`default_forward_step`;
+    the batch already on the model's device) under autocast, a guard against non-finite
+    losses, backward, clip, optimizer and scheduler step; then log, ``evaluate(model, step)``
+    (eval mode, ``no_grad``, RNG restored after) and checkpoint when their period divides the
+    step (``settings``: the fields of ``LoopSettings``). The checkpoint saved after step ``s``
+    holds ``step == s``. Rank 0 writes ``config.json`` (``config``), ``metrics.jsonl`` (on
+    resume, lines after the resumed step are dropped first) and ``last.pt`` (with
+    ``model_type``) in ``out_dir``. ``resume`` (from :func:`resume_from`) continues a run
+    bit-for-bit; ``start_step`` numbers a fresh run's first step.
 
     Returns:
         ``{"step", "losses" (last logged window), "eval" (last results or None), "checkpoint"
         (path of last.pt), "elapsed_s"}``.
-
     Raises:
-        RuntimeError: a loss is NaN or infinite (nothing is saved over the last good checkpoint).
-        TypeError: ``forward_step`` returns something other than a dict of scalar tensors, or
-            uses the reserved key ``"loss"``.
+        RuntimeError: a NaN or infinite loss (the last good checkpoint is kept). TypeError:
+            ``forward_step`` returns no dict of scalar tensors, or the reserved key ``"loss"``.
         ValueError: a negative step count or period, or ``log_every < 1``.
     """
-    _check_periods(total_steps, log_every, eval_every, checkpoint_every, accumulate_steps)
-    out_dir = Path(out_dir)
-    main = is_main_process()
-    device = next(model.parameters()).device
+    if total_steps < 0:
+        raise ValueError(f"total_steps must be >= 0, got {total_steps}")
+    out_dir, main = Path(out_dir), is_main_process()
     run = _Run(
-        model=model,
-        criterion=criterion,
-        forward_step=forward_step or default_forward_step,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        model, criterion, forward_step or default_forward_step, optimizer, scheduler,
         cursor=LoaderCursor(train_loader),
         metrics=MetricsLog(out_dir / "metrics.jsonl", enabled=main),
-        device=device,
-        amp_dtype=amp_dtype,
-        accumulate_steps=accumulate_steps,
-        clip_grad_norm=clip_grad_norm,
+        device=next(model.parameters()).device,
+        loop=LoopSettings(**settings),
         ckpt_path=out_dir / "last.pt",
         main=main,
-    )
+    )  # fmt: skip
     step = run.restore(resume, start_step)
-    if tensorboard:
+    if run.loop.tensorboard:
         run.metrics.open_tensorboard(out_dir / "tensorboard", first_step=step + 1)
     if main:
         write_json_atomic(out_dir / "config.json", config)
+    try:
+        result = _loop(run, step, total_steps, evaluate, config, model_type)
+    finally:
+        run.metrics.close()
+    return result
+
+
+def _loop(
+    run: _Run,
+    step: int,
+    total_steps: int,
+    evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None,
+    config: dict[str, Any],
+    model_type: str,
+) -> dict[str, Any]:
+    """The steps of ``train`` from ``step`` to ``total_steps``; its result."""
+    loop = run.loop
     result: dict[str, Any] = {"step": step, "losses": {}, "eval": None, "checkpoint": None}
     window = _LogWindow(time.perf_counter())
-    bar = TrainProgress(total=total_steps, initial=step, enabled=progress and main)
-    model.train()
+    bar = TrainProgress(total=total_steps, initial=step, enabled=loop.progress and run.main)
+    run.model.train()
     try:
         while step < total_steps:
             losses, images, grad_norm, lr = run.optimizer_step(step)
             step += 1
             bar.update()
             window.add(losses, images)
-            if step % log_every == 0 or step == total_steps:
+            if step % loop.log_every == 0 or step == total_steps:
                 result["losses"] = window.mean_losses()
                 record = window.record(step, run.cursor.epoch, lr, grad_norm)
                 run.metrics.write(record)
                 bar.log(step, record["loss"], lr, record["images_per_s"])
-            if evaluate is not None and eval_every and step % eval_every == 0:
+            if evaluate is not None and loop.eval_every and step % loop.eval_every == 0:
                 result["eval"] = run.evaluate(evaluate, step)
-            if (checkpoint_every and step % checkpoint_every == 0) or step == total_steps:
+            if (loop.checkpoint_every and step % loop.checkpoint_every == 0) or (
+                step == total_steps
+            ):
                 run.checkpoint(step, config, model_type)
-                result["checkpoint"] = str(run.ckpt_path) if main else None
+                result["checkpoint"] = str(run.ckpt_path) if run.main else None
     finally:
         bar.close()
-        run.metrics.close()
     result["step"] = step
     result["elapsed_s"] = time.perf_counter() - window.start_time
     return result
-
-
-def _check_periods(
-    total_steps: int, log_every: int, eval_every: int, checkpoint_every: int, accumulate: int
-) -> None:
-    for name, value, low in [
-        ("total_steps", total_steps, 0),
-        ("log_every", log_every, 1),
-        ("eval_every", eval_every, 0),
-        ("checkpoint_every", checkpoint_every, 0),
-        ("accumulate_steps", accumulate, 1),
-    ]:
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 @dataclass
@@ -364,15 +366,17 @@ class _Run:
     forward_step: ForwardStep
     optimizer: Optimizer
     scheduler: Any
-    scaler: torch.amp.GradScaler
     cursor: LoaderCursor
     metrics: MetricsLog
     device: torch.device
-    amp_dtype: torch.dtype | None
-    accumulate_steps: int
-    clip_grad_norm: float | None
+    loop: LoopSettings
     ckpt_path: Path
     main: bool
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        fp16 = self.loop.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
 
     def restore(self, resume: ResumeState | None, start_step: int) -> int:
         """The step to start from: ``resume``'s, with the data order, RNGs and scaler put
@@ -401,19 +405,19 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         named: dict[str, float] = {}
         images = 0
-        for micro in range(self.accumulate_steps):
+        for micro in range(self.loop.accumulate_steps):
             batch = move_to_device(self.cursor.next(), self.device)
             # DDP all-reduces gradients only on the last micro-batch of a step.
-            last = micro == self.accumulate_steps - 1
+            last = micro == self.loop.accumulate_steps - 1
             no_sync = getattr(self.model, "no_sync", None)
             with contextlib.nullcontext() if last or no_sync is None else no_sync():
                 for name, value in self._micro_batch(batch, step).items():
-                    named[name] = named.get(name, 0.0) + value / self.accumulate_steps
+                    named[name] = named.get(name, 0.0) + value / self.loop.accumulate_steps
             images += _batch_size(batch) * get_world_size()
         grad_norm = None
-        if self.clip_grad_norm is not None:
+        if self.loop.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used
@@ -426,8 +430,8 @@ class _Run:
         Raises:
             RuntimeError: a loss is NaN or infinite (logged; the last checkpoint is kept).
         """
-        enabled = self.amp_dtype is not None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled):
+        enabled = self.loop.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.loop.amp_dtype, enabled=enabled):
             losses = _check_losses(self.forward_step(self.model, self.criterion, batch), step + 1)
         loss = sum(losses.values())
         # One small all-reduce gives every rank the same values, so they agree on stopping.
@@ -447,7 +451,7 @@ class _Run:
             raise RuntimeError(f"non-finite loss at step {step + 1}: {named}; stopping ({saved})")
         # The mean over micro-batches, so the step's gradient is that of one batch
         # accumulate_steps times larger.
-        self.scaler.scale(loss / self.accumulate_steps).backward()
+        self.scaler.scale(loss / self.loop.accumulate_steps).backward()
         return named
 
     def evaluate(self, evaluate: Callable[[nn.Module, int], Mapping[str, Any]], step: int) -> dict:

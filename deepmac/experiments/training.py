@@ -95,8 +95,8 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
 
     Raises:
         ValueError: a training set is left without images, or the sets hold nothing to learn
-            from: no instance at all, or (box-prompted model) no instance with a mask of a
-            mask-supervised class. Training on them would log a loss of 0 and exit 0.
+            from: no instance at all, or (a family that does not detect) no instance with a
+            mask of a mask-supervised class. Training on them would log a loss of 0 and exit 0.
     """
     held_out = excluded_image_keys(cfg)
     fraction = cfg.data.train_fraction
@@ -104,31 +104,7 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
         raise ValueError(f"data.train_fraction must be in (0, 1], got {fraction}")
     datasets = []
     for root, split in training_sets(cfg):
-        dataset = CocoInstances(
-            root,
-            split,
-            mask_split=cfg.data.mask_split,
-            transforms=transforms,
-            exclude_images=held_out,
-        )
-        if dataset.excluded_file_names:
-            names = ", ".join(dataset.excluded_file_names)
-            logger.warning(
-                "%s/%s: %d image(s) of the evaluation set %s/%s%s left out of training: %s",
-                root,
-                split,
-                len(dataset.excluded_file_names),
-                eval_root(cfg),
-                cfg.data.val_split,
-                "".join(f" or {entry}" for entry in cfg.data.exclude_from_training),
-                names,
-            )
-        if len(dataset) == 0:
-            raise ValueError(
-                f"training set {root}/{split} has no image left once the evaluation images of "
-                f"{eval_root(cfg)}/{cfg.data.val_split} are left out; expected a training split "
-                f"distinct from the evaluation split (set data.val_root / data.val_split)"
-            )
+        dataset = _training_set(cfg, root, split, transforms, held_out)
         if fraction < 1:
             beyond = _keys_beyond_fraction(dataset, fraction)
             dataset = CocoInstances(
@@ -139,6 +115,38 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
                 exclude_images=held_out | beyond,
             )
         datasets.append(dataset)
+    _check_learnable(cfg, datasets)
+    return datasets
+
+
+def _training_set(cfg: ExperimentConfig, root: Path, split: str, transforms, held_out: set):
+    """One training set without the ``held_out`` images (one warning naming them)."""
+    dataset = CocoInstances(
+        root, split, mask_split=cfg.data.mask_split, transforms=transforms, exclude_images=held_out
+    )
+    if dataset.excluded_file_names:
+        logger.warning(
+            "%s/%s: %d image(s) of the evaluation set %s/%s%s left out of training: %s",
+            root,
+            split,
+            len(dataset.excluded_file_names),
+            eval_root(cfg),
+            cfg.data.val_split,
+            "".join(f" or {entry}" for entry in cfg.data.exclude_from_training),
+            ", ".join(dataset.excluded_file_names),
+        )
+    if len(dataset) == 0:
+        raise ValueError(
+            f"training set {root}/{split} has no image left once the evaluation images of "
+            f"{eval_root(cfg)}/{cfg.data.val_split} are left out; expected a training split "
+            f"distinct from the evaluation split (set data.val_root / data.val_split)"
+        )
+    return dataset
+
+
+def _check_learnable(cfg: ExperimentConfig, datasets: list[CocoInstances]) -> None:
+    """Refuse training sets without instances, or (a family that does not detect) without a
+    mask of a mask-supervised class."""
     names = ", ".join(f"{root}/{split}" for root, split in training_sets(cfg))
     num_images = sum(len(d) for d in datasets)
     if sum(d.num_instances for d in datasets) == 0:
@@ -152,7 +160,6 @@ def build_training_datasets(cfg: ExperimentConfig, transforms) -> list[CocoInsta
             f"(data.mask_split={cfg.data.mask_split}) has a segmentation; expected masks to "
             f"learn from (the box-prompted model learns only from masks)"
         )
-    return datasets
 
 
 def _keys_beyond_fraction(dataset: CocoInstances, fraction: float) -> set[tuple[str, int, int]]:
@@ -234,85 +241,27 @@ def run_training(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train the model ``cfg`` describes; write ``out_dir/{last.pt,config.json,metrics.jsonl}``.
+    """Train the model ``cfg`` describes in the run folder ``out_dir`` (``last.pt``,
+    ``config.json``, ``metrics.jsonl``; stale temp files of interrupted writes removed first).
 
-    Stale temp files of interrupted writes in ``out_dir`` are removed first.
-
-    Args:
-        cfg: the experiment.
-        out_dir: run folder.
-        resume: continue from ``out_dir/last.pt`` (bit-for-bit on CPU).
-        overwrite: delete the run files ``out_dir`` holds once the model and data are built
-            (so a run refused by their checks leaves them as they were). Without it a new run
-            appends to an old ``metrics.jsonl``; ``deepmac train`` refuses such a folder.
-
-    Returns:
-        The engine's summary (final step, last losses, last eval metrics, elapsed seconds).
+    ``resume`` continues from ``out_dir/last.pt`` (bit-for-bit on CPU). ``overwrite`` deletes
+    the run files ``out_dir`` holds once the model and data are built (so a run refused by
+    their checks leaves them as they were); without it a new run appends to an old
+    ``metrics.jsonl`` (``deepmac train`` refuses such a folder). Returns the engine's summary
+    (final step, last losses, last eval metrics, elapsed seconds).
     """
     out_dir = Path(out_dir)
-    rank, world_size, local_rank = init_distributed()
-    if rank:
-        # Rank 0 speaks for the run; other ranks report only problems.
-        logging.getLogger("deepmac").setLevel(logging.WARNING)
-    else:
-        for stale in remove_stale_temp_files(out_dir):
-            logger.info("removed %s, left by an interrupted write", stale)
+    rank, world_size, local_rank = _start_process(out_dir)
     device = training_device(cfg.train.device, local_rank)
     torch.manual_seed(cfg.train.seed)
-    # A resumed run's weights come from its checkpoint: reading the backbone's initial
-    # weights (and logging about them) again would be wasted.
-    model_cfg = dataclasses.replace(cfg.model, backbone_init=None) if resume else cfg.model
-    family = get_family(cfg.model.type)
-    # Before the optimizer holds its parameters.
-    model = build_training_model(cfg, model_cfg).to(device)
-    if cfg.train.init_from and not resume:
-        init_from_checkpoint(model, cfg.train.init_from)
-    check_image_size(cfg, model.size_multiple)
+    model = _training_model(cfg, resume, device)
     if rank:
         # Same initial weights everywhere (DDP also broadcasts rank 0's), but each process
         # draws its own augmentations and instance subsets when the loader runs in-process.
         torch.manual_seed(cfg.train.seed + rank)
-    transforms = (
-        build_train_transforms(cfg.data.image_size)
-        if cfg.data.augment
-        else build_eval_transforms(cfg.data.image_size)
-    )
-    datasets = build_training_datasets(cfg, transforms)
-    loader = build_train_loader(
-        datasets,
-        cfg.data.batch_size,
-        cfg.data.num_workers,
-        cfg.train.seed,
-        size_divisibility=model.size_multiple,
-        pin_memory=device.type == "cuda",
-    )
-    if family.detector:
-        # The detector scores one class per category of the training data, in contiguous order.
-        cfg.model.category_ids = [int(c) for c in datasets[0].category_ids]
-        cfg.model.class_names = list(datasets[0].category_names)
-        if cfg.model.num_classes != len(cfg.model.category_ids):
-            raise ValueError(
-                f"model.num_classes={cfg.model.num_classes} but the training data has "
-                f"{len(cfg.model.category_ids)} categories"
-            )
+    loader = _training_loader(cfg, model.size_multiple, device)
     optimizer = build_optimizer(model, cfg)
-    warmup_steps = cfg.train.warmup_steps
-    if warmup_steps > cfg.train.steps:
-        # A short run (--steps 20 on a preset made for 3000) keeps the preset's warm-up share.
-        warmup_steps = cfg.train.steps // 10
-        logger.warning(
-            "train.warmup_steps=%d exceeds train.steps=%d; using %d warm-up steps",
-            cfg.train.warmup_steps,
-            cfg.train.steps,
-            warmup_steps,
-        )
-    scheduler = build_warmup_cosine(
-        optimizer,
-        base_lr=cfg.train.lr,
-        total_steps=cfg.train.steps,
-        warmup_steps=warmup_steps,
-        warmup_lr=cfg.train.warmup_lr,
-    )
+    scheduler = _scheduler(optimizer, cfg)
     resume_state = None
     if resume:
         resume_state = resume_from(
@@ -325,26 +274,14 @@ def run_training(
     model_type = model.model_type
     model = wrap_ddp(model, sync_batchnorm=cfg.train.sync_batchnorm)
     if world_size > 1:
-        logger.info(
-            "%d processes on %s: global batch %d",
-            world_size,
-            device.type,
-            cfg.data.batch_size * cfg.train.accumulate_steps * world_size,
-        )
-    evaluate = None
-    if cfg.train.eval_every > 0:
-        val = CocoInstances(eval_root(cfg), cfg.data.val_split, mask_split=cfg.data.mask_split)
-
-        def evaluate(model, step: int) -> Mapping[str, float]:
-            metrics, _ = evaluate_model(model, cfg, val, max_images=cfg.eval.max_images)
-            model.train()
-            return {k: v for k, v in metrics.items() if "/mIoU" in k or k.endswith("/AP")}
-
+        batch = cfg.data.batch_size * cfg.train.accumulate_steps * world_size
+        logger.info("%d processes on %s: global batch %d", world_size, device.type, batch)
+    evaluate = _periodic_evaluation(cfg)  # loads the evaluation split before files are removed
     if overwrite and not rank:
         remove_run_files(out_dir)
     return train(
         model=model,
-        criterion=family.criterion(cfg),
+        criterion=get_family(cfg.model.type).criterion(cfg),
         optimizer=optimizer,
         scheduler=scheduler,
         train_loader=loader,
@@ -353,13 +290,114 @@ def run_training(
         config=cfg.to_dict(),
         model_type=model_type,
         resume=resume_state,
-        clip_grad_norm=cfg.train.clip_grad_norm or None,
-        log_every=cfg.train.log_every,
-        eval_every=cfg.train.eval_every,
         evaluate=evaluate,
-        checkpoint_every=cfg.train.checkpoint_every,
-        amp_dtype=amp_dtype(cfg.train.amp),
-        accumulate_steps=cfg.train.accumulate_steps,
-        progress=progress,
-        tensorboard=cfg.train.tensorboard,
+        **loop_settings(cfg, progress),
     )
+
+
+def loop_settings(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
+    """The engine's ``LoopSettings`` keywords of ``cfg.train``."""
+    t = cfg.train
+    return dict(
+        clip_grad_norm=t.clip_grad_norm or None,
+        log_every=t.log_every,
+        eval_every=t.eval_every,
+        checkpoint_every=t.checkpoint_every,
+        amp_dtype=amp_dtype(t.amp),
+        accumulate_steps=t.accumulate_steps,
+        progress=progress,
+        tensorboard=t.tensorboard,
+    )
+
+
+def _start_process(out_dir: Path) -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` (``torchrun`` or a single process); rank 0 removes
+    the stale temp files of interrupted writes, the other ranks log only problems."""
+    rank, world_size, local_rank = init_distributed()
+    if rank:
+        logging.getLogger("deepmac").setLevel(logging.WARNING)
+    else:
+        for stale in remove_stale_temp_files(out_dir):
+            logger.info("removed %s, left by an interrupted write", stale)
+    return rank, world_size, local_rank
+
+
+def _training_model(cfg: ExperimentConfig, resume: bool, device: torch.device) -> torch.nn.Module:
+    """The model on ``device``, from ``train.init_from`` when set, its input size checked."""
+    # A resumed run's weights come from its checkpoint: reading the backbone's initial
+    # weights (and logging about them) again would be wasted.
+    model_cfg = dataclasses.replace(cfg.model, backbone_init=None) if resume else cfg.model
+    model = build_training_model(cfg, model_cfg).to(device)
+    if cfg.train.init_from and not resume:
+        init_from_checkpoint(model, cfg.train.init_from)
+    check_image_size(cfg, model.size_multiple)
+    return model
+
+
+def _training_loader(cfg: ExperimentConfig, size_multiple: int, device: torch.device):
+    """The training batches; a detector's label map (``model.category_ids``,
+    ``class_names``) filled in from the data.
+
+    Raises:
+        ValueError: ``model.num_classes`` differs from the data's categories (detectors).
+    """
+    transforms = (
+        build_train_transforms(cfg.data.image_size)
+        if cfg.data.augment
+        else build_eval_transforms(cfg.data.image_size)
+    )
+    datasets = build_training_datasets(cfg, transforms)
+    loader = build_train_loader(
+        datasets,
+        cfg.data.batch_size,
+        cfg.data.num_workers,
+        cfg.train.seed,
+        size_divisibility=size_multiple,
+        pin_memory=device.type == "cuda",
+    )
+    if get_family(cfg.model.type).detector:
+        # The detector scores one class per category of the training data, in contiguous order.
+        cfg.model.category_ids = [int(c) for c in datasets[0].category_ids]
+        cfg.model.class_names = list(datasets[0].category_names)
+        if cfg.model.num_classes != len(cfg.model.category_ids):
+            raise ValueError(
+                f"model.num_classes={cfg.model.num_classes} but the training data has "
+                f"{len(cfg.model.category_ids)} categories"
+            )
+    return loader
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig):
+    """Warm-up then cosine decay over ``train.steps``."""
+    warmup_steps = cfg.train.warmup_steps
+    if warmup_steps > cfg.train.steps:
+        # A short run (--steps 20 on a preset made for 3000) keeps the preset's warm-up share.
+        warmup_steps = cfg.train.steps // 10
+        logger.warning(
+            "train.warmup_steps=%d exceeds train.steps=%d; using %d warm-up steps",
+            cfg.train.warmup_steps,
+            cfg.train.steps,
+            warmup_steps,
+        )
+    return build_warmup_cosine(
+        optimizer,
+        base_lr=cfg.train.lr,
+        total_steps=cfg.train.steps,
+        warmup_steps=warmup_steps,
+        warmup_lr=cfg.train.warmup_lr,
+    )
+
+
+def _periodic_evaluation(cfg: ExperimentConfig):
+    """``evaluate(model, step) -> metrics`` on the evaluation split for ``train.eval_every``
+    (the split mIoU and AP figures), or None when it is 0."""
+    if cfg.train.eval_every <= 0:
+        return None
+    val = CocoInstances(eval_root(cfg), cfg.data.val_split, mask_split=cfg.data.mask_split)
+
+    def evaluate(model, step: int) -> Mapping[str, float]:
+        metrics, _ = evaluate_model(model, cfg, val, max_images=cfg.eval.max_images)
+        model.train()
+        return {k: v for k, v in metrics.items() if "/mIoU" in k or k.endswith("/AP")}
+
+    return evaluate

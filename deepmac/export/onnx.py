@@ -101,8 +101,7 @@ class DeepMARCOnnx(nn.Module):
         model = self.model
         features = model.features(image)
         image_sizes = content_size[None]
-        proposals, _ = model.rpn(features, image_sizes)
-        (det,) = model.roi_heads.inference(features, proposals, image_sizes)
+        _, (det,) = model.detect(features, image_sizes)
         slots = model.roi_heads.detections_per_image
         dummy = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=image.device).expand(slots, 4)
         padded = torch.cat([det.boxes, dummy])[:slots]  # (slots, 4): a static size

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from deepmac.data.images import exif_orientation, to_rgb
 from deepmac.data.transforms import ResizePad
-from deepmac.structures.boxes import box_xywh_to_xyxy, clip_boxes
+from deepmac.structures.boxes import box_xywh_to_xyxy, boxes_inside
 
 #: Box layouts the predictors take: corners, or COCO's corner and size.
 BOX_FORMATS = ("xyxy", "xywh")
@@ -101,14 +101,6 @@ def image_to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
     if pixels.dtype != torch.uint8:
         _check_pixel_range(pixels, image.dtype)
     return pixels.float()
-
-
-def boxes_inside(boxes: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """``(clipped, keep)``: finite ``(N, 4)`` xyxy boxes clipped to the ``(H, W)`` image, and
-    the ``(N,)`` bool mask of those with area left inside it (``clipped`` is all N boxes)."""
-    clipped = clip_boxes(boxes, image_size)
-    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-    return clipped, keep
 
 
 def check_prompt_boxes(

@@ -38,8 +38,7 @@ from deepmac.data.coco_fields import (
     object_entry,
     text_field,
 )
-from deepmac.inference.image_frame import boxes_inside
-from deepmac.structures.boxes import box_xywh_to_xyxy
+from deepmac.structures.boxes import box_xywh_to_xyxy, boxes_inside
 
 __all__ = [
     "BoxPrompt",
@@ -337,32 +336,8 @@ def load_box_prompts(
     box_format = box_format or default_box_format(path)
     matcher = ImageMatcher(image_names)
     skipped: dict[str, None] = {}  # image keys of the file not given (an ordered set)
-    frames: dict[str, tuple[int, int]] = {}
-    crowd: dict[str, list[dict]] = {}
-    ids: dict[str, int] = {}
-    ground_truth = False
-    if path.suffix.lower() == ".csv":
-        if not path.is_file():
-            raise FileNotFoundError(f"boxes file not found: {path}")
-        entries, categories = _from_csv(path, matcher, box_format, skipped)
-    else:
-        data = _read_json(path)
-        if isinstance(data, dict) and "annotations" in data and "images" in data:
-            entries, ids, frames, categories, crowd = _from_instances(
-                data, path, matcher, box_format, skipped
-            )
-            ground_truth = True
-        elif isinstance(data, list):
-            entries, ids = _from_results(data, path, matcher, box_format, skipped)
-            seen = sorted({e.category_id for e in entries})
-            categories = [{"id": i, "name": str(i)} for i in seen]
-        else:
-            found = sorted(data)[:5] if isinstance(data, dict) else type(data).__name__
-            raise ValueError(
-                f"{path}: expected a COCO instances JSON (with 'images' and 'annotations'), a "
-                f"COCO results JSON (a list of detections) or a .csv file, found {found}"
-            )
-    matched = {e.image for e in entries} | set(ids)
+    file = _read_entries(path, matcher, box_format, skipped)
+    matched = {e.image for e in file.entries} | set(file.ids)
     if skipped and not matched:
         raise ValueError(
             f"{path}: none of its {len(skipped)} image(s) (e.g. {next(iter(skipped))!r}) is "
@@ -376,25 +351,70 @@ def load_box_prompts(
             len(skipped),
             ", ".join(list(skipped)[:3]),
         )
-    names = {c["id"]: c["name"] for c in categories}
+    image_ids = assign_image_ids(image_names, file.ids)
+    prompts = _group_prompts(file, image_ids, box_format)
+    return BoxPrompts(prompts, image_ids, file.categories, file.crowd, file.ground_truth)
+
+
+@dataclass
+class _FileEntries:
+    """What ``_read_entries`` found in a boxes file: its entries of the given images, and (an
+    instances JSON) their ids, frames, crowd annotations and the categories."""
+
+    entries: list[_Entry]
+    categories: list[dict[str, Any]]
+    ids: dict[str, int] = field(default_factory=dict)
+    frames: dict[str, tuple[int, int]] = field(default_factory=dict)
+    crowd: dict[str, list[dict]] = field(default_factory=dict)
+    ground_truth: bool = False
+
+
+def _read_entries(
+    path: Path, matcher: ImageMatcher, box_format: str, skipped: dict[str, None]
+) -> _FileEntries:
+    """The entries of a CSV, COCO results or COCO instances file (by suffix, then shape)."""
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise FileNotFoundError(f"boxes file not found: {path}")
+        return _FileEntries(*_from_csv(path, matcher, box_format, skipped))
+    data = _read_json(path)
+    if isinstance(data, dict) and "annotations" in data and "images" in data:
+        entries, ids, frames, categories, crowd = _from_instances(
+            data, path, matcher, box_format, skipped
+        )
+        return _FileEntries(entries, categories, ids, frames, crowd, ground_truth=True)
+    if isinstance(data, list):
+        entries, ids = _from_results(data, path, matcher, box_format, skipped)
+        seen = sorted({e.category_id for e in entries})
+        return _FileEntries(entries, [{"id": i, "name": str(i)} for i in seen], ids)
+    found = sorted(data)[:5] if isinstance(data, dict) else type(data).__name__
+    raise ValueError(
+        f"{path}: expected a COCO instances JSON (with 'images' and 'annotations'), a "
+        f"COCO results JSON (a list of detections) or a .csv file, found {found}"
+    )
+
+
+def _group_prompts(
+    file: _FileEntries, image_ids: dict[str, int], box_format: str
+) -> dict[str, BoxPrompt]:
+    """One ``BoxPrompt`` per image of the entries, boxes as xyxy."""
+    names = {c["id"]: c["name"] for c in file.categories}
     grouped: dict[str, list[_Entry]] = {}
-    for entry in entries:
+    for entry in file.entries:
         grouped.setdefault(entry.image, []).append(entry)
-    image_ids = assign_image_ids(image_names, ids)
     prompts = {}
     for name, group in grouped.items():
         boxes = torch.tensor([e.bbox for e in group], dtype=torch.float32).reshape(-1, 4)
-        category_ids = torch.tensor([e.category_id for e in group], dtype=torch.long)
         prompts[name] = BoxPrompt(
             image_ids[name],
             box_xywh_to_xyxy(boxes) if box_format == "xywh" else boxes,
-            category_ids,
+            torch.tensor([e.category_id for e in group], dtype=torch.long),
             torch.tensor([math.nan if e.score is None else e.score for e in group]),
             [names.get(e.category_id, str(e.category_id)) for e in group],
             [e.segmentation for e in group],
-            frames.get(name),
+            file.frames.get(name),
         )
-    return BoxPrompts(prompts, image_ids, categories, crowd, ground_truth)
+    return prompts
 
 
 def warn_if_wrong_box_format(

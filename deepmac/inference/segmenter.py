@@ -93,7 +93,7 @@ class BoxPromptedSegmenter:
         Raises:
             ValueError: ``name`` is no bundled model (with a did-you-mean).
         """
-        from deepmac.models.pretrained import MODELS_DIR, bundled_names, resolve_model_path
+        from deepmac.engine.pretrained import MODELS_DIR, bundled_names, resolve_model_path
 
         if name not in bundled_names():
             resolve_model_path(name)  # raises with the did-you-mean for a bare word
@@ -113,6 +113,11 @@ class BoxPromptedSegmenter:
         self._frame = ImageFrame.of(image, input_size=self.input_size, device=self.device)
         with self._autocast():
             self._features = self.model.prompt_features(self._frame.input[None])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image given to ``set_image``."""
+        return self._cached().image_size
 
     def _cached(self) -> ImageFrame:
         if self._frame is None:

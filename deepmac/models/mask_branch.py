@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from deepmac.mask_heads import build_mask_head
 from deepmac.ops import crop_and_resize
-from deepmac.ops._checks import check_boxes_and_index, check_features
 from deepmac.structures.masks import crop_mask_targets, paste_masks_in_image
 
 
@@ -174,20 +173,22 @@ class MaskBranch(nn.Module):
     def head_inputs(
         self, features: EmbeddingFeatures, boxes: Tensor, batch_index: Tensor | None
     ) -> Tensor:
-        """The ``(N, C_in, S, S)`` mask-head input; see ``forward`` for the arguments."""
+        """The ``(N, C_in, S, S)`` mask-head input; see ``forward`` for the arguments. Boxes
+        and index are checked by ``crop_and_resize``, once."""
         pixel = features.pixel
-        check_features(pixel, "pixel_embedding")
+        if pixel.dim() != 4:
+            raise ValueError(f"pixel_embedding must be (B, C, h, w), got {tuple(pixel.shape)}")
         if pixel.shape[1] != self.pixel_embedding_dim:
             raise ValueError(
                 f"pixel_embedding must have {self.pixel_embedding_dim} channels, "
                 f"got {pixel.shape[1]}"
             )
-        batch_index = check_boxes_and_index(boxes, batch_index, pixel.shape[0])
+        crops = crop_and_resize(pixel, boxes, self.crop_size, batch_index, features.image_size)
         num, size = boxes.shape[0], self.crop_size
         parts = []
         if self.use_xy:
             parts.append(self.coords.to(pixel.dtype).expand(num, 2, size, size))
-        parts.append(crop_and_resize(pixel, boxes, size, batch_index, features.image_size))
+        parts.append(crops)
         if self.use_instance_embedding:
             centres = (
                 None

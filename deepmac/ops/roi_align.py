@@ -174,33 +174,25 @@ def multilevel_roi_align(
     levels = assign_fpn_levels(
         boxes, levels_of_strides[0], levels_of_strides[-1], canonical_box_size, canonical_level
     )
+    pool = lambda feature, stride, keep: roi_align(  # noqa: E731
+        feature, boxes[keep], (out_h, out_w), batch_index[keep], 1.0 / stride, sampling_ratio,
+        aligned,
+    )  # fmt: skip
     if torch.compiler.is_compiling():
         # Graph export: every box pooled at every level, then each box keeps its own level's
         # result (no data-dependent grouping; 4x the pooling work, small next to the heads).
+        every = slice(None)
         out = None
         for feature, stride, level in zip(features, strides, levels_of_strides, strict=True):
-            pooled = roi_align(
-                feature, boxes, (out_h, out_w), batch_index, 1.0 / stride, sampling_ratio, aligned
-            )
-            out = (
-                pooled
-                if out is None
-                else torch.where(levels[:, None, None, None] == level, pooled, out)
-            )
+            pooled = pool(feature, stride, every)
+            mine = levels[:, None, None, None] == level
+            out = pooled if out is None else torch.where(mine, pooled, out)
         return out
     out = features[0].new_zeros(boxes.shape[0], features[0].shape[1], out_h, out_w)
     for feature, stride, level in zip(features, strides, levels_of_strides, strict=True):
         (idx,) = torch.nonzero(levels == level, as_tuple=True)
         if idx.numel():
-            out[idx] = roi_align(
-                feature,
-                boxes[idx],
-                (out_h, out_w),
-                batch_index[idx],
-                1.0 / stride,
-                sampling_ratio,
-                aligned,
-            )
+            out[idx] = pool(feature, stride, idx)
     return out
 
 

@@ -82,3 +82,11 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     inter = wh[..., 0] * wh[..., 1]
     union = area1[:, None] + area2[None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+
+
+def boxes_inside(boxes: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """``(clipped, keep)``: finite ``(N, 4)`` xyxy boxes clipped to the ``(H, W)`` image, and
+    the ``(N,)`` bool mask of those with area left inside it (``clipped`` is all N boxes)."""
+    clipped = clip_boxes(boxes, image_size)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    return clipped, keep

@@ -204,11 +204,19 @@ class DeepMARC(PixelNormalization, nn.Module):
         return SampledInstances(rois.boxes[fg], index, gt_index, has_mask)
 
     @torch.no_grad()
+    def detect(
+        self, features: list[Tensor], image_sizes: Sequence[tuple[int, int]]
+    ) -> tuple[list[Proposals], list[Detections]]:
+        """Proposals and per-image detections (input-pixel boxes, scores, labels) of FPN
+        ``features``: the RPN, the box head, its score threshold and per-class NMS."""
+        proposals, _ = self.rpn(features, image_sizes)
+        return proposals, self.roi_heads.inference(features, proposals, image_sizes)
+
+    @torch.no_grad()
     def _inference(
         self, features: list[Tensor], image_sizes: Sequence[tuple[int, int]]
     ) -> DeepMARCOutputs:
-        proposals, _ = self.rpn(features, image_sizes)
-        detections = self.roi_heads.inference(features, proposals, image_sizes)
+        proposals, detections = self.detect(features, image_sizes)
         boxes, index = flatten_boxes([d.boxes for d in detections])
         logits = self.mask_branch(features, boxes, index)
         return DeepMARCOutputs(proposals=proposals, mask_logits=[logits], detections=detections)

@@ -26,7 +26,7 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "assets" / "models"
 #: The evaluation splits of a card's metrics: every instance, VOC classes, the 60 others.
 SPLITS = ("all", "voc", "nonvoc")
 
-#: What every model card holds (``deepmac.models.pretrained.check_card``).
+#: What every model card holds (``deepmac.engine.pretrained.check_card``).
 CARD_KEYS = (
     "name",
     "summary",
