@@ -50,8 +50,13 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from deepmac.config import apply_overrides
-    from deepmac.config.presets import get_preset
-    from deepmac.experiments.training import run_training
+
+    try:
+        from deepmac.config.presets import get_preset
+        from deepmac.experiments.training import run_training
+    except ImportError:  # a --reference checkout from before the packages (599167f)
+        from deepmac.experiment import run_training
+        from deepmac.presets import get_preset
 
     torch.set_num_threads(args.threads)
     cfg = get_preset(args.preset)
