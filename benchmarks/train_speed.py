@@ -267,7 +267,8 @@ def main() -> None:
         base = max(results.get(base_label, results[first_row])["runs"])
         row["speedup"] = speed / base
         if code != REPO:  # the reference trains the same network as "all", nothing frozen
-            row["gflops_per_image"] = results[first_row].get("gflops_per_image")
+            same = results.get(f"{preset} all freeze_at=0", {})
+            row["gflops_per_image"] = same.get("gflops_per_image")
         gflops = row.get("gflops_per_image")
         shares = ["-", "-"]
         if gflops:

@@ -21,6 +21,7 @@ from deepmac.convert.parity.tf_weights import (
     save_checkpoint,
     scale_residual_branches,
 )
+from deepmac.models.mask_branch import EmbeddingFeatures
 
 
 def build_tf_deepmac(
@@ -328,13 +329,10 @@ def _check_stack(model, ours, ns, image, boxes, size) -> tuple[list[ParityRow], 
     inst = model._get_instance_embeddings(tf.constant(norm), instance)
     ref_logits = model._mask_net(inst, mask_input, training=False).numpy()  # (N, 32, 32)
     with torch.no_grad():
-        logits = ours.mask_branch(
-            maps[ns["PIXEL_EMBEDDING"]][-1],
-            maps[ns["INSTANCE_EMBEDDING"]][-1],
-            torch.from_numpy(boxes),
-            None,
-            (size, size),
-        )[:, 0]
+        features = EmbeddingFeatures.from_maps(
+            maps[ns["PIXEL_EMBEDDING"]][-1], maps[ns["INSTANCE_EMBEDDING"]][-1], (size, size)
+        )
+        logits = ours.mask_branch(features, torch.from_numpy(boxes), None)[:, 0]
     rows.append(
         compare(
             "whole stack: mask logits at the image's boxes",
