@@ -70,7 +70,8 @@ def one_thread():
 @pytest.fixture
 def train_steps():
     """``run(model, step, batch, steps=8, lr=1e-3) -> (last losses, totals)``: Adam steps of a
-    training ``step`` (``deepmac.steps``) on one fixed batch, the sum of losses after each."""
+    training ``step(model, None, batch) -> losses`` on one fixed batch, the sum of losses after
+    each."""
     import torch
 
     def run(model, step, batch, steps: int = 8, lr: float = 1e-3):

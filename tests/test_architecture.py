@@ -186,3 +186,14 @@ def test_every_family_exports_the_box_prompted_graph(model_type, tmp_path):
     diffs = check_onnx_parity(model, path, image_size=64, prompt=True)
     assert max(diffs.values()) < 1e-4, diffs
     assert OnnxModel(path).paste is model.mask_branch.paste
+
+
+@pytest.mark.parametrize("model_type", sorted(MODEL_FAMILIES))
+def test_the_registry_names_parts_that_exist(model_type):
+    family = get_family(model_type)
+    assert family.name == model_type
+    for part in ("evaluator", "predictor", "onnx_wrapper"):
+        assert callable(family.load(part)), part
+    assert hasattr(family.load("predictor"), "from_checkpoint")
+    with pytest.raises(ValueError, match="did you mean 'deepmarc'"):
+        get_family("deepmrc")

@@ -216,11 +216,12 @@ def _predict_detections(args, ckpt, device, images, image_ids, output, viz) -> N
     """A detector's own instances of every image."""
     from deepmac.data.images import open_image
     from deepmac.inference.checkpoints import build_from_checkpoint
-    from deepmac.inference.detector import DeepMACPredictor
+    from deepmac.models.families import get_family
     from deepmac.visualization import draw_instances
 
+    predictor_class = get_family(ckpt["model_type"]).load("predictor")
     predictor = build_from_checkpoint(
-        DeepMACPredictor.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
+        predictor_class.from_checkpoint, ckpt, args.checkpoint, device=device, amp=args.amp
     )
     predictor.score_threshold = args.score_threshold
     for image_file in _progress(args, images):

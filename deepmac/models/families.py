@@ -176,7 +176,8 @@ class ModelFamily:
             AP). Every family also takes box prompts through the mask-branch contract.
         evaluator: ``"module:function"``: ``(model, cfg, dataset, *, max_images, progress) ->
             (metrics, coco_results)``, the way the family is scored.
-        predictor: ``"module:class"`` that serves the family on images (``from_checkpoint``).
+        predictor: ``"module:class"`` that serves the family on images alone
+            (``from_checkpoint``; the box-prompted family's needs boxes too).
         onnx_wrapper: ``"module:class"`` of its own ONNX graph.
     """
 
@@ -188,7 +189,6 @@ class ModelFamily:
     evaluator: str
     predictor: str
     onnx_wrapper: str
-    promptable: bool = True
 
     def build(self, cfg: ModelConfig, *, instance_sampler: InstanceSampler | None = None):
         """The model ``cfg`` describes (``cfg.backbone_init`` loaded if set)."""
