@@ -29,7 +29,8 @@ from deepmac.structures.boxes import box_xywh_to_xyxy, boxes_inside
 
 #: Box layouts the predictors take: corners, or COCO's corner and size.
 BOX_FORMATS = ("xyxy", "xywh")
-#: Upper bound on the pasted probabilities held at once by ``ImageFrame.paste`` (128 MB).
+#: Upper bound on the soft pasted probabilities ``ImageFrame.paste_with_scores`` holds at once
+#: (128 MB).
 MAX_PASTED_FLOATS = 32 * 1024 * 1024
 
 #: ``(probs (N, S, S), boxes (N, 4) image pixels, (H, W), threshold or None) -> (N, H, W)``:
@@ -195,15 +196,8 @@ class ImageFrame:
     def paste(self, probs: Tensor, boxes: Tensor, paste: Paste, threshold: float | None) -> Tensor:
         """``(N, H, W)`` masks of ``(N, S, S)`` box-relative probabilities at ``(N, 4)`` boxes
         of the original image, with the branch's ``paste`` convention (bool masks, or soft
-        values for ``threshold=None``); pasted a bounded number of masks at a time."""
-        height, width = self.image_size
-        dtype = torch.float32 if threshold is None else torch.bool
-        out = torch.zeros(len(boxes), height, width, dtype=dtype, device=probs.device)
-        chunk = max(1, MAX_PASTED_FLOATS // max(1, height * width))
-        for start in range(0, len(boxes), chunk):
-            part = slice(start, start + chunk)
-            out[part] = paste(probs[part], boxes[part], self.image_size, threshold)
-        return out
+        values for ``threshold=None``; the convention bounds its own memory per chunk)."""
+        return paste(probs, boxes, self.image_size, threshold)
 
     def paste_with_scores(
         self, probs: Tensor, boxes: Tensor, paste: Paste, threshold: float
