@@ -76,6 +76,30 @@ def test_toy_study_writes_records_markdown_and_plot_and_resumes(tmp_path, monkey
         run_study(TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=3, overrides=overrides)
 
 
+def test_rows_and_parallel_jobs_add_to_the_records_of_the_folder(tmp_path):
+    """``rows`` picks rows by label or slug; ``jobs=2`` trains two runs at once in spawned
+    processes; results.json reports every record under the folder, not only this call's."""
+    overrides = [o for o in TINY_BOX_PROMPTED_OVERRIDES if not o.startswith("model.mask_head")]
+    first = run_study(
+        TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=1, overrides=overrides,
+        progress=False, rows=["ResNet-4"],
+    )  # fmt: skip
+    assert [(r["row"], r["seed"]) for r in first] == [("ResNet-4", 0)]
+    both = run_study(
+        TOY, seeds=[1, 2], out=tmp_path, data=demo_data(), steps=1, overrides=overrides,
+        rows=["resnet_8"], jobs=2,
+    )  # fmt: skip
+    assert [(r["row"], r["seed"]) for r in both] == [("ResNet-8", 1), ("ResNet-8", 2)]
+    assert all(r["steps"] == 1 and not r["resumed"] for r in both)
+    saved = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert [(r["row"], r["seed"]) for r in saved] == [
+        ("ResNet-4", 0), ("ResNet-8", 1), ("ResNet-8", 2)
+    ]  # fmt: skip
+    assert "| ResNet-8 | " in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match=r"toy has no row 'HG-20'; expected one of resnet_4"):
+        run_study(TOY, seeds=[0], out=tmp_path, data=demo_data(), rows=["HG-20"])
+
+
 def test_every_study_row_builds_a_valid_config(tmp_path):
     data = StudyData(train=["a@train2017"], val="b")
     for study in STUDIES.values():

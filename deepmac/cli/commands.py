@@ -223,6 +223,8 @@ def run_study_command(args: argparse.Namespace) -> int:
         steps=args.steps,
         overrides=args.overrides,
         progress=not args.no_progress,
+        rows=args.rows,
+        jobs=args.jobs,
     )
     print((out / "results.md").read_text())
     print(f"{len(records)} runs; files: {out}/results.json, results.md, {study.name}.png")

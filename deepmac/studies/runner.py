@@ -2,16 +2,24 @@
 
 ``OUT/<row>_s<seed>/`` is a training run folder plus ``record.json`` once it is scored; a
 study started again reuses the records and resumes unfinished runs from their ``last.pt``,
-so an interrupted study continues where it stopped. ``OUT/results.json`` holds every record,
+so an interrupted study continues where it stopped. ``OUT/results.json`` holds every record
+found under ``OUT`` (also those of other invocations: other seeds, other ``rows``),
 ``OUT/results.md`` the mean +- std table beside the paper, ``OUT/STUDY.png`` the bars.
+
+``jobs > 1`` trains that many runs at once, each in its own process on an equal share of the
+CPU cores: on 2 cores two one-thread runs gave 1.27x the images/s of one two-thread run (5.11
+against 4.02, box_prompted_cpu, 2026-12-02), since much of a step (Python, small ops, the
+optimizer) does not spread over threads.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +111,20 @@ def _config_change(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return sorted(k for k in keys if before.get(k) != after.get(k))
 
 
+def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Raises ``ValueError`` when ``run_dir`` holds a run of another config: a finished or
+    half-done run is reused only for the same config (more steps would splice two cosine
+    schedules, other overrides would mix two experiments in one row)."""
+    saved = run_dir / "config.json"
+    if saved.is_file():
+        changed = _config_change(json.loads(saved.read_text()), cfg.to_dict())
+        if changed:
+            raise ValueError(
+                f"{run_dir} was trained with another config ({', '.join(changed[:4])} differ); "
+                f"expected the same --steps and overrides to continue the study, or a new --out"
+            )
+
+
 def run_one(
     study: Study,
     row: Row,
@@ -123,16 +145,7 @@ def run_one(
     run_dir = out / f"{row.slug}_s{seed}"
     done = run_dir / "record.json"
     cfg = run_config(row, seed, steps, data, overrides)
-    # A finished or half-done run is reused only for the same config: more steps would splice
-    # two cosine schedules, other overrides would mix two experiments in one row.
-    saved = run_dir / "config.json"
-    if saved.is_file():
-        changed = _config_change(json.loads(saved.read_text()), cfg.to_dict())
-        if changed:
-            raise ValueError(
-                f"{run_dir} was trained with another config ({', '.join(changed[:4])} differ); "
-                f"expected the same --steps and overrides to continue the study, or a new --out"
-            )
+    check_same_config(run_dir, cfg)
     if done.is_file():
         return json.loads(done.read_text())
     logger.info("%s: %s seed %d, %d steps -> %s", study.name, row.name, seed, cfg.train.steps,
@@ -161,6 +174,38 @@ def run_one(
     return record
 
 
+def select_rows(study: Study, names: list[str] | None) -> list[Row]:
+    """The rows named (by label or run-folder slug), in the study's order; every row for
+    ``None``. Raises ``ValueError`` naming the rows there are for an unknown name."""
+    if not names:
+        return list(study.rows)
+    known = {key: row for row in study.rows for key in (row.name, row.slug)}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"{study.name} has no row {unknown[0]!r}; expected one of "
+            f"{', '.join(row.slug for row in study.rows)}"
+        )
+    chosen = {known[n].name for n in names}
+    return [row for row in study.rows if row.name in chosen]
+
+
+def _threads_per_job(jobs: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // jobs)
+
+
+def _start_job_process(threads: int, level: int) -> None:
+    """A job process: its share of the cores, and the parent's log level (spawned processes
+    start with logging unconfigured)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+
+
 def run_study(
     study: Study,
     *,
@@ -170,43 +215,77 @@ def run_study(
     steps: int | None = None,
     overrides: list[str] | None = None,
     progress: bool = True,
+    rows: list[str] | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every row with every seed (seed-major: an interrupted study has every row at the first
-    seeds), then ``results.json``, ``results.md`` and the plot. Returns the records."""
+    """Every row (or the ``rows`` named) with every seed, seed-major (an interrupted study has
+    every row at the first seeds), ``jobs`` runs at a time; after every run ``results.json``,
+    ``results.md`` and the plot of all the records under ``out``. Returns this call's records,
+    in seed-major order. A run folder of another config stops the study before any training."""
     from deepmac.data import CocoInstances
     from deepmac.evaluation.evaluate import filled_box_miou
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    overrides = overrides or []
+    runs = [(row, seed) for seed in seeds for row in select_rows(study, rows)]
+    for row, seed in runs:  # all of them before the first run trains
+        cfg = run_config(row, seed, steps, data, overrides)
+        check_same_config(out / f"{row.slug}_s{seed}", cfg)
     val = CocoInstances(Path(data.val), data.val_split)
     filled = filled_box_miou(val)
     baseline = {s: filled[f"mask_iou/{s}/mIoU"] for s in SPLITS}
-    records = []
-    for seed in seeds:
-        for row in study.rows:
-            records.append(
-                run_one(
-                    study,
-                    row,
-                    seed,
-                    out=out,
-                    steps=steps,
-                    data=data,
-                    overrides=overrides or [],
-                    progress=progress,
-                )
-            )
+    settings = dict(out=out, steps=steps, data=data, overrides=overrides)
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    if jobs <= 1:
+        for row, seed in runs:
+            records[row.name, seed] = run_one(study, row, seed, progress=progress, **settings)
             # After every run: an interrupted study's finished runs are reported already.
-            _write_results(study, records, baseline, out)
-    return records
+            _write_results(study, baseline, out)
+    else:
+        import multiprocessing
+
+        # spawn, not fork: a forked child would share the parent's OpenMP thread pool state.
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_job_process,
+            initargs=(_threads_per_job(jobs), logging.getLogger("deepmac").getEffectiveLevel()),
+        ) as pool:
+            pending: dict[Future, tuple[str, int]] = {
+                # no progress bars: the jobs' lines would interleave
+                pool.submit(run_one, study, row, seed, progress=False, **settings): (row.name, seed)
+                for row, seed in runs
+            }
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    key = pending.pop(future)
+                    if future.exception() is not None:
+                        for other in pending:  # the queued ones; those running finish
+                            other.cancel()
+                        raise future.exception()
+                    records[key] = future.result()
+                _write_results(study, baseline, out)
+    return [records[row.name, seed] for row, seed in runs]
 
 
-def _write_results(
-    study: Study, records: list[dict[str, Any]], baseline: dict[str, float], out: Path
-) -> None:
-    """``results.json``, ``results.md`` and the plot of the records so far."""
+def collect_records(study: Study, out: Path) -> list[dict[str, Any]]:
+    """Every scored run of ``study`` under ``out``, seed-major in the study's row order."""
+    found = []
+    for order, row in enumerate(study.rows):
+        for path in out.glob(f"{row.slug}_s*/record.json"):
+            record = json.loads(path.read_text())
+            if record.get("row") == row.name:
+                found.append((record["seed"], order, record))
+    return [record for _, _, record in sorted(found, key=lambda item: item[:2])]
+
+
+def _write_results(study: Study, baseline: dict[str, float], out: Path) -> None:
+    """``results.json``, ``results.md`` and the plot of every record under ``out`` so far."""
     from deepmac.studies.report import plot_study, study_markdown
 
+    records = collect_records(study, out)
     write_json_atomic(out / "results.json", {"study": study.name, "filled_box": baseline,
                                              "records": records})  # fmt: skip
     (out / "results.md").write_text(study_markdown(study, records, baseline))
