@@ -76,9 +76,10 @@ def test_toy_study_writes_records_markdown_and_plot_and_resumes(tmp_path, monkey
         run_study(TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=3, overrides=overrides)
 
 
-def test_rows_and_parallel_jobs_add_to_the_records_of_the_folder(tmp_path):
+def test_rows_parallel_jobs_and_reuse(tmp_path, monkeypatch):
     """``rows`` picks rows by label or slug; ``jobs=2`` trains two runs at once in spawned
-    processes; results.json reports every record under the folder, not only this call's."""
+    processes; results.json reports every record under the folder, not only this call's; a
+    run of the same config in a ``reuse`` folder is not trained again."""
     overrides = [o for o in TINY_BOX_PROMPTED_OVERRIDES if not o.startswith("model.mask_head")]
     first = run_study(
         TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=1, overrides=overrides,
@@ -98,6 +99,18 @@ def test_rows_and_parallel_jobs_add_to_the_records_of_the_folder(tmp_path):
     assert "| ResNet-8 | " in (tmp_path / "results.md").read_text()
     with pytest.raises(ValueError, match=r"toy has no row 'HG-20'; expected one of resnet_4"):
         run_study(TOY, seeds=[0], out=tmp_path, data=demo_data(), rows=["HG-20"])
+
+    # Another study with a row of the same config (another label) reuses the run, untrained.
+    monkeypatch.setattr(experiment, "run_training", lambda *a, **k: pytest.fail("trained"))
+    other = Study("other", "Other", (Row("R8", ("model.mask_head=resnet8",), "box_prompted_demo"),))
+    (reused,) = run_study(
+        other, seeds=[2], out=tmp_path / "other", data=demo_data(), steps=1,
+        overrides=overrides, progress=False, reuse=[tmp_path],
+    )  # fmt: skip
+    assert reused["row"] == "R8" and reused["table"] == "other"
+    assert reused["reused_from"] == str(tmp_path / "resnet_8_s2")
+    assert reused["mask_iou/all/mIoU"] == both[1]["mask_iou/all/mIoU"]
+    assert (tmp_path / "other" / "r8_s2" / "config.json").is_file()
 
 
 def test_every_study_row_builds_a_valid_config(tmp_path):

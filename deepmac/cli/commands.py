@@ -225,6 +225,7 @@ def run_study_command(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         rows=args.rows,
         jobs=args.jobs,
+        reuse=args.reuse,
     )
     print((out / "results.md").read_text())
     print(f"{len(records)} runs; files: {out}/results.json, results.md, {study.name}.png")

@@ -185,6 +185,9 @@ def _add_study(subparsers) -> None:
     parser.add_argument("--jobs", type=int_at_least(1), default=1, help="runs trained at once, "
                         "each on its share of the cores (default 1; 2 on 2 cores gave 1.27x "
                         "the throughput)")  # fmt: skip
+    parser.add_argument("--reuse", nargs="+", metavar="DIR", help="other study folders: a run "
+                        "trained there with the same config (e.g. table4's Hourglass-20 for "
+                        "table5's) is reused, not trained again")  # fmt: skip
     parser.add_argument(
         "--data",
         help="folder holding coco_tiny and coco_mini (default ../shared/data): trains on "

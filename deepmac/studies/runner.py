@@ -102,11 +102,13 @@ def run_config(
     return cfg
 
 
-def _config_change(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The dotted keys whose values differ between two config dicts, but for the category
-    lists a detector's training fills in from its data."""
+def _config_change(
+    saved: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """The dotted keys whose values differ between two config dicts, but for ``ignore`` and
+    the category lists a detector's training fills in from its data."""
     before, after = flatten_config(saved), flatten_config(now)
-    filled = ("model.category_ids", "model.class_names")
+    filled = ("model.category_ids", "model.class_names", *ignore)
     keys = (before.keys() | after.keys()) - set(filled)
     return sorted(k for k in keys if before.get(k) != after.get(k))
 
@@ -125,6 +127,33 @@ def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
             )
 
 
+def find_same_run(cfg: ExperimentConfig, folders: list[Path]) -> Path | None:
+    """A scored run folder in one of the study ``folders`` trained with ``cfg`` but for its
+    name (e.g. table4's Hourglass-20 for table5's, or for scaling's 100% row); ``None``."""
+    for folder in folders:
+        for record in sorted(Path(folder).glob("*/record.json")):
+            saved = record.parent / "config.json"
+            if saved.is_file():
+                saved_cfg = json.loads(saved.read_text())
+                if not _config_change(saved_cfg, cfg.to_dict(), ignore=("name",)):
+                    return record.parent
+    return None
+
+
+def _reuse_run(study: Study, row: Row, cfg: ExperimentConfig, run_dir: Path, same: Path) -> dict:
+    """The record of ``same`` (another study's run of ``cfg``) as this row's, written with
+    the config into ``run_dir`` (no checkpoint: it stays in ``same``)."""
+    record = json.loads((same / "record.json").read_text())
+    record.update(table=study.name, row=row.name, overrides=list(row.overrides),
+                  reused_from=str(same))  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    write_json_atomic(run_dir / "record.json", record)
+    logger.info("%s: %s seed %d reuses the same run %s", study.name, row.name, cfg.train.seed,
+                same)  # fmt: skip
+    return record
+
+
 def run_one(
     study: Study,
     row: Row,
@@ -135,8 +164,10 @@ def run_one(
     data: StudyData,
     overrides: list[str],
     progress: bool,
+    reuse: list[Path] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) and score one run; its record (reused when already written)."""
+    """Train (or resume) and score one run; its record (reused when already written, or
+    copied from a run of the same config in one of the ``reuse`` study folders)."""
     from deepmac.data import CocoInstances
     from deepmac.evaluation.evaluate import evaluate_box_prompted
     from deepmac.experiments.training import run_training
@@ -148,6 +179,9 @@ def run_one(
     check_same_config(run_dir, cfg)
     if done.is_file():
         return json.loads(done.read_text())
+    same = find_same_run(cfg, reuse or []) if not (run_dir / "last.pt").is_file() else None
+    if same is not None:
+        return _reuse_run(study, row, cfg, run_dir, same)
     logger.info("%s: %s seed %d, %d steps -> %s", study.name, row.name, seed, cfg.train.steps,
                 run_dir)  # fmt: skip
     start = time.perf_counter()
@@ -217,11 +251,14 @@ def run_study(
     progress: bool = True,
     rows: list[str] | None = None,
     jobs: int = 1,
+    reuse: list[str | Path] | None = None,
 ) -> list[dict[str, Any]]:
     """Every row (or the ``rows`` named) with every seed, seed-major (an interrupted study has
     every row at the first seeds), ``jobs`` runs at a time; after every run ``results.json``,
     ``results.md`` and the plot of all the records under ``out``. Returns this call's records,
-    in seed-major order. A run folder of another config stops the study before any training."""
+    in seed-major order. A run folder of another config stops the study before any training.
+    A run whose config (but for its name) was trained in one of the ``reuse`` study folders
+    takes that run's record instead of training again."""
     from deepmac.data import CocoInstances
     from deepmac.evaluation.evaluate import filled_box_miou
 
@@ -235,7 +272,11 @@ def run_study(
     val = CocoInstances(Path(data.val), data.val_split)
     filled = filled_box_miou(val)
     baseline = {s: filled[f"mask_iou/{s}/mIoU"] for s in SPLITS}
-    settings = dict(out=out, steps=steps, data=data, overrides=overrides)
+    reuse_folders = [Path(folder) for folder in reuse or []]
+    for folder in reuse_folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"reuse: {folder} is not a folder; expected a study's --out")
+    settings = dict(out=out, steps=steps, data=data, overrides=overrides, reuse=reuse_folders)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     if jobs <= 1:
         for row, seed in runs:
