@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,31 +285,41 @@ def run_study(
             # After every run: an interrupted study's finished runs are reported already.
             _write_results(study, baseline, out)
     else:
-        import multiprocessing
-
-        # spawn, not fork: a forked child would share the parent's OpenMP thread pool state.
-        with ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_job_process,
-            initargs=(_threads_per_job(jobs), logging.getLogger("deepmac").getEffectiveLevel()),
-        ) as pool:
-            pending: dict[Future, tuple[str, int]] = {
-                # no progress bars: the jobs' lines would interleave
-                pool.submit(run_one, study, row, seed, progress=False, **settings): (row.name, seed)
-                for row, seed in runs
-            }
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    key = pending.pop(future)
-                    if future.exception() is not None:
-                        for other in pending:  # the queued ones; those running finish
-                            other.cancel()
-                        raise future.exception()
-                    records[key] = future.result()
-                _write_results(study, baseline, out)
+        for key, record in _run_in_parallel(study, runs, jobs, settings):
+            records[key] = record
+            _write_results(study, baseline, out)
     return [records[row.name, seed] for row, seed in runs]
+
+
+def _run_in_parallel(
+    study: Study, runs: list[tuple[Row, int]], jobs: int, settings: dict[str, Any]
+) -> Iterator[tuple[tuple[str, int], dict[str, Any]]]:
+    """``run_one`` of every ``(row, seed)`` in ``jobs`` spawned processes; yields
+    ``((row name, seed), record)`` as runs finish. A failed run cancels the queued ones (those
+    running finish) and raises its error."""
+    import multiprocessing
+
+    # spawn, not fork: a forked child would share the parent's OpenMP thread pool state.
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_job_process,
+        initargs=(_threads_per_job(jobs), logging.getLogger("deepmac").getEffectiveLevel()),
+    ) as pool:
+        pending: dict[Future, tuple[str, int]] = {
+            # no progress bars: the jobs' lines would interleave
+            pool.submit(run_one, study, row, seed, progress=False, **settings): (row.name, seed)
+            for row, seed in runs
+        }
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key = pending.pop(future)
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise future.exception()
+                yield key, future.result()
 
 
 def collect_records(study: Study, out: Path) -> list[dict[str, Any]]:
