@@ -135,3 +135,25 @@ def test_study_help_lists_the_tables():
     assert done.returncode == 0
     for name in ("table4", "table5", "table6", "table7", "table1_2", "appendix_c", "scaling"):
         assert name in done.stdout
+
+
+def test_margins_in_pooled_seed_std():
+    """The margins table: difference of means per split and its size in pooled seed std."""
+    from deepmac.studies.report import margin, study_markdown
+
+    def record(row, seed, voc, nonvoc):
+        values = {"all": (voc + nonvoc) / 2, "voc": voc, "nonvoc": nonvoc}
+        return {"row": row, "seed": seed, "steps": 2, "commit": "abc", "wall_seconds": 60.0,
+                **{f"mask_iou/{s}/{m}": v for s, v in values.items()
+                   for m in ("mIoU", "mIoU_class")},
+                **{f"segm/{s}/AP": 0.1 for s in values}}  # fmt: skip
+
+    study = Study("pair", "Pair", (Row("A"), Row("B")), comparisons=(("B", "A"),))
+    records = [record("A", 0, 0.60, 0.50), record("A", 1, 0.62, 0.52)]
+    records += [record("B", 0, 0.61, 0.56), record("B", 1, 0.63, 0.60)]
+    diff, sds = margin(records, "B", "A", "mask_iou/nonvoc/mIoU")
+    # A: 0.51 +- 0.01414, B: 0.58 +- 0.02828; pooled sqrt((0.0002 + 0.0008) / 2) = 0.02236
+    assert diff == pytest.approx(0.07) and sds == pytest.approx(0.07 / 0.0223607, rel=1e-4)
+    assert margin(records[:1] + records[2:], "B", "A", "mask_iou/voc/mIoU")[1] is None
+    table = study_markdown(study, records, {"all": 0.5, "voc": 0.5, "nonvoc": 0.5})
+    assert "| B - A | +0.040 (+2.2 sd) | +0.010 (+0.7 sd) | +0.070 (+3.1 sd) | +0.060 |" in table

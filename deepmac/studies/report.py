@@ -56,7 +56,44 @@ def study_markdown(study: Study, records: list[dict[str, Any]], baseline: dict[s
         cells += [_cell(runs, "mask_iou/nonvoc/mIoU_class"), _cell(runs, "segm/nonvoc/AP")]
         minutes = statistics.mean(r["wall_seconds"] for r in runs) / 60
         lines.append(f"| {row.name} | " + " | ".join(cells) + f" | {paper} | {minutes:.0f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + margins_markdown(study, records)) + "\n"
+
+
+def margin(
+    records: list[dict[str, Any]], row: str, reference: str, key: str
+) -> tuple[float, float | None]:
+    """``(mean of row - mean of reference, that difference in pooled seed standard
+    deviations)`` of ``key``; the second is ``None`` with fewer than 2 seeds in either row or
+    no spread at all. Pooled: ``sqrt((std_row^2 + std_reference^2) / 2)``."""
+    mean_a, std_a, n_a = row_stats([r for r in records if r["row"] == row], key)
+    mean_b, std_b, n_b = row_stats([r for r in records if r["row"] == reference], key)
+    pooled = ((std_a**2 + std_b**2) / 2) ** 0.5
+    sds = (mean_a - mean_b) / pooled if min(n_a, n_b) > 1 and pooled > 0 else None
+    return mean_a - mean_b, sds
+
+
+def margins_markdown(study: Study, records: list[dict[str, Any]]) -> list[str]:
+    """The lines of the margins table of ``study.comparisons`` (both rows scored), or none:
+    per split the difference of means with its size in pooled seed std, and how much larger
+    the margin is on non-VOC than on VOC (the paper's effect: a deep head gains most on the
+    classes it saw no masks for)."""
+    scored = {r["row"] for r in records}
+    pairs = [(a, b) for a, b in study.comparisons if a in scored and b in scored]
+    if not pairs:
+        return []
+    head = ["row - reference", *(f"{SPLIT_LABELS[s]} mIoU" for s in SPLITS)]
+    head += ["non-VOC margin - VOC margin"]
+    lines = ["", "Margins (difference of the means; in parentheses, in pooled seed std):", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, reference in pairs:
+        cells, by_split = [], {}
+        for split in SPLITS:
+            diff, sds = margin(records, row, reference, f"mask_iou/{split}/mIoU")
+            by_split[split] = diff
+            cells.append(f"{diff:+.3f}" + (f" ({sds:+.1f} sd)" if sds is not None else ""))
+        cells.append(f"{by_split['nonvoc'] - by_split['voc']:+.3f}")
+        lines.append(f"| {row} - {reference} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_study(

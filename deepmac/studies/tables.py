@@ -40,6 +40,9 @@ class Study:
     rows: tuple[Row, ...]
     #: what the paper's figures of ``Row.paper`` are.
     paper_metric: str = "mIoU"
+    #: ``(row, reference row)`` label pairs whose margins the report gives per split, in
+    #: seed standard deviations: the comparisons the paper's table is about.
+    comparisons: tuple[tuple[str, str], ...] = ()
 
 
 def _paper(overall: float, voc: float, nonvoc: float) -> dict[str, float]:
@@ -69,6 +72,12 @@ STUDIES: dict[str, Study] = {
                 Row("Hourglass-52", (_head("hourglass52"),), paper=_paper(78.9, 81.1, 79.2)),
                 Row("Hourglass-20, all masks", (_head("hourglass20"), _ALL_MASKS)),
             ),
+            comparisons=(
+                ("Hourglass-20", "ResNet-4"),
+                ("Hourglass-52", "ResNet-4"),
+                # what masks for the unseen classes would add: the gap the heads should close
+                ("Hourglass-20, all masks", "Hourglass-20"),
+            ),
         ),
         Study(
             "table4_reverse",
@@ -78,6 +87,7 @@ STUDIES: dict[str, Study] = {
                 Row("Hourglass-20", (_head("hourglass20"), "data.mask_split=nonvoc")),
                 Row("Hourglass-52", (_head("hourglass52"), "data.mask_split=nonvoc")),
             ),
+            comparisons=(("Hourglass-20", "ResNet-4"), ("Hourglass-52", "ResNet-4")),
         ),
         Study(
             "table5",
@@ -98,6 +108,11 @@ STUDIES: dict[str, Study] = {
                 ),
             ),
             paper_metric="mask mAP (Deep-MAC)",
+            comparisons=(
+                ("Hourglass-20", "ResNet-20"),
+                ("Hourglass-20 No LRS", "Hourglass-20"),
+                ("Hourglass-20 No ED", "Hourglass-20"),
+            ),
         ),
         Study(
             "table6",
@@ -108,6 +123,7 @@ STUDIES: dict[str, Study] = {
                 Row("20 dilated", (_head("resnet20_dilated20"),), paper=_paper(32.8, 39.3, 30.7)),
             ),
             paper_metric="mask mAP (Deep-MAC)",
+            comparisons=(("10 dilated", "0 dilated"), ("20 dilated", "0 dilated")),
         ),
         Study(
             "table7",
@@ -125,6 +141,7 @@ STUDIES: dict[str, Study] = {
                     paper=_paper(71.4, 79.2, 68.8),
                 ),
             ),
+            comparisons=(("HG-52 backbone, HG-52 head", "HG-104 backbone, ResNet-4 head"),),
         ),
         Study(
             "table1_2",
@@ -145,6 +162,11 @@ STUDIES: dict[str, Study] = {
                 )
             ),
             paper_metric="mask mAP from detections (Table 2 gives VOC and non-VOC only)",
+            comparisons=(
+                ("Default, gt", "Default, proposals+gt"),
+                ("HG-52, gt", "HG-52, proposals+gt"),
+                ("HG-52, gt", "Default, gt"),
+            ),
         ),
         Study(
             "appendix_c",
@@ -153,6 +175,7 @@ STUDIES: dict[str, Study] = {
                 Row("ResNet-4", (_head("resnet4"), "data.mask_split=1")),
                 Row("Hourglass-20", (_head("hourglass20"), "data.mask_split=1")),
             ),
+            comparisons=(("Hourglass-20", "ResNet-4"),),
         ),
         Study(
             "scaling",
@@ -161,6 +184,9 @@ STUDIES: dict[str, Study] = {
                 Row(f"{label} {int(f * 100)}%", (_head(head), f"data.train_fraction={f}"))
                 for f in (0.25, 0.5, 1.0)
                 for label, head in (("ResNet-4", "resnet4"), ("Hourglass-20", "hourglass20"))
+            ),
+            comparisons=tuple(
+                (f"Hourglass-20 {p}%", f"ResNet-4 {p}%") for p in (25, 50, 100)
             ),
         ),
     )
