@@ -297,6 +297,13 @@ def test_dilated_resnet20() -> None:
         counts[k] = sum(c.dilation == (2, 2) for c in convs)
         assert count_params(head) == count_params(build_mask_head("resnet20", 50, SMALL_NC))
     assert counts == {0: 0, 10: 10, 20: 20}
+    # 0 dilated is ResNet-20 itself, init included (table6's row reuses table5's run).
+    torch.manual_seed(0)
+    plain = build_mask_head("resnet20", 50, SMALL_NC).state_dict()
+    torch.manual_seed(0)
+    undilated = build_mask_head("resnet20_dilated0", 50, SMALL_NC).state_dict()
+    assert list(plain) == list(undilated)
+    assert all(torch.equal(plain[k], undilated[k]) for k in plain)
 
 
 def test_embedding_projection_is_a_dot_product() -> None:
