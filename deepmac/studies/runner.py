@@ -170,6 +170,7 @@ def run_one(
     """Train (or resume) and score one run; its record (reused when already written, or
     copied from a run of the same config in one of the ``reuse`` study folders)."""
     from deepmac.data import CocoInstances
+    from deepmac.engine.devices import resolve_device
     from deepmac.evaluation.evaluate import evaluate_box_prompted
     from deepmac.experiments.training import run_training
     from deepmac.inference.segmenter import BoxPromptedSegmenter
@@ -190,9 +191,11 @@ def run_one(
     summary = run_training(cfg, run_dir, resume=resume, overwrite=not resume, progress=progress)
     wall = time.perf_counter() - start
     val = CocoInstances(Path(data.val), data.val_split, mask_split=cfg.data.mask_split)
-    metrics, _ = evaluate_box_prompted(
-        BoxPromptedSegmenter.from_checkpoint(run_dir / "last.pt"), val
+    # Scored in float32 on the device it trained on (a GPU study scores on the GPU).
+    segmenter = BoxPromptedSegmenter.from_checkpoint(
+        run_dir / "last.pt", device=resolve_device(cfg.train.device)
     )
+    metrics, _ = evaluate_box_prompted(segmenter, val)
     record = {
         "table": study.name,
         "row": row.name,
