@@ -100,6 +100,14 @@ def test_rows_parallel_jobs_and_reuse(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"toy has no row 'HG-20'; expected one of resnet_4"):
         run_study(TOY, seeds=[0], out=tmp_path, data=demo_data(), rows=["HG-20"])
 
+    # Another --steps in the same folder: the report keeps only the runs of this call's config.
+    run_study(
+        TOY, seeds=[3], out=tmp_path, data=demo_data(), steps=2, overrides=overrides,
+        progress=False, rows=["resnet_4"],
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert [(r["row"], r["seed"], r["steps"]) for r in saved] == [("ResNet-4", 3, 2)]
+
     # Another study with a row of the same config (another label) reuses the run, untrained.
     monkeypatch.setattr(experiment, "run_training", lambda *a, **k: pytest.fail("trained"))
     other = Study("other", "Other", (Row("R8", ("model.mask_head=resnet8",), "box_prompted_demo"),))
@@ -107,7 +115,8 @@ def test_rows_parallel_jobs_and_reuse(tmp_path, monkeypatch):
         other, seeds=[2], out=tmp_path / "other", data=demo_data(), steps=1,
         overrides=overrides, progress=False, reuse=[tmp_path],
     )  # fmt: skip
-    assert reused["row"] == "R8" and reused["table"] == "other"
+    assert reused["row"] == "R8" and reused["table"] == "other" and reused["device"] == "cpu"
+    assert reused["overrides"] == ["model.mask_head=resnet8", *overrides]
     assert reused["reused_from"] == str(tmp_path / "resnet_8_s2")
     assert reused["mask_iou/all/mIoU"] == both[1]["mask_iou/all/mIoU"]
     assert (tmp_path / "other" / "r8_s2" / "config.json").is_file()
@@ -126,6 +135,8 @@ def test_every_study_row_builds_a_valid_config(tmp_path):
             pretrained = cfg.model.backbone in IMAGENET_WEIGHTS
             assert cfg.model.backbone_init == ("imagenet" if pretrained else None), row.name
             assert set(row.paper) <= {"all", "voc", "nonvoc"}
+        labels = {row.name for row in study.rows}
+        assert all({a, b} <= labels for a, b in study.comparisons), study.name
 
 
 def test_study_help_lists_the_tables():
@@ -148,7 +159,7 @@ def test_margins_in_pooled_seed_std():
                    for m in ("mIoU", "mIoU_class")},
                 **{f"segm/{s}/AP": 0.1 for s in values}}  # fmt: skip
 
-    study = Study("pair", "Pair", (Row("A"), Row("B")), comparisons=(("B", "A"),))
+    study = Study("pair", "Pair", (Row("A"), Row("B")), comparisons=(("B", "A"),))  # VOC masks
     records = [record("A", 0, 0.60, 0.50), record("A", 1, 0.62, 0.52)]
     records += [record("B", 0, 0.61, 0.56), record("B", 1, 0.63, 0.60)]
     diff, sds = margin(records, "B", "A", "mask_iou/nonvoc/mIoU")
@@ -157,3 +168,12 @@ def test_margins_in_pooled_seed_std():
     assert margin(records[:1] + records[2:], "B", "A", "mask_iou/voc/mIoU")[1] is None
     table = study_markdown(study, records, {"all": 0.5, "voc": 0.5, "nonvoc": 0.5})
     assert "| B - A | +0.040 (+2.2 sd) | +0.010 (+0.7 sd) | +0.070 (+3.1 sd) | +0.060 |" in table
+    # Masks of the non-VOC classes: the unseen split is VOC, the sign turns.
+    flat = {"all": 0.5, "voc": 0.5, "nonvoc": 0.5}
+    reverse = Study("rev", "Rev", tuple(Row(n, ("data.mask_split=nonvoc",)) for n in "AB"),
+                    comparisons=(("B", "A"),))  # fmt: skip
+    assert "| +0.070 (+3.1 sd) | -0.060 |" in study_markdown(reverse, records, flat)
+    # Masks of one class: neither split is unseen as a whole.
+    person = Study("one", "One", tuple(Row(n, ("data.mask_split=1",)) for n in "AB"),
+                   comparisons=(("B", "A"),))  # fmt: skip
+    assert "| +0.070 (+3.1 sd) | - |" in study_markdown(person, records, flat)

@@ -12,7 +12,7 @@ hourglass52            256         1       one HG104 stack (paper Table 7)
 resnet18 / resnet34    64          1       ImageNet ResNet + FPN-lite neck
 resnet50               128         1       ImageNet ResNet + FPN-lite neck
 efficientnet_lite0     64          1       EfficientNet-Lite0 + FPN-lite neck (CPU default)
-efficientnet_lite2     64          1       EfficientNet-Lite2 + FPN-lite (1.5x Lite0 FLOPs)
+efficientnet_lite2     64          1       EfficientNet-Lite2 + FPN-lite (1.3x Lite0's FLOPs)
 =====================  ==========  ======  =============================================
 
 Deep-MARC uses a multi-level pyramid instead: ``build_fpn_backbone`` (``fpn.py``) puts a

@@ -58,6 +58,9 @@ def lite_stages(variant: str) -> tuple[tuple[int, int, int, int, int], ...]:
     """The stage table of a Lite variant: Lite0's, channels times the width coefficient
     rounded to a multiple of 8 (never below 90% of the product) and repeats times the depth
     coefficient rounded up, but for the first and last stage (Lite fixes their repeats)."""
+    if variant not in LITE_SCALING:
+        raise ValueError(f"EfficientNet-Lite variant {variant!r}; expected one of "
+                         f"{', '.join(LITE_SCALING)}")  # fmt: skip
     width, depth = LITE_SCALING[variant]
 
     def channels(c: int) -> int:

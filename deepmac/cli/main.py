@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from deepmac.cli.arguments import float_in, int_at_least
 from deepmac.cli.errors import UsageError
+from deepmac.utils.logs import configure_process_logging
 
 #: The ``checkpoint`` argument of eval, predict and export.
 CHECKPOINT_HELP = "OUT/last.pt of a training run, or a bundled model's name (deepmac models)"
@@ -526,11 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         args.overrides = [*args.overrides, *overrides]
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_process_logging(logging.DEBUG if args.verbose else logging.INFO)
     if args.command is None:
         parser.print_help()
         return 2

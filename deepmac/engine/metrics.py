@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from deepmac.utils import io
+from deepmac.utils.logs import LOG_FORMAT
 
 __all__ = ["MetricsLog", "read_metrics", "setup_logging", "to_jsonable", "write_json_atomic"]
 
@@ -39,7 +40,7 @@ def setup_logging(
     """
     root = logging.getLogger("deepmac")
     root.setLevel(level if main_process else logging.WARNING)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter = logging.Formatter(LOG_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if main_process and log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)

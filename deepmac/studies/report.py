@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from deepmac.studies.tables import SPLITS, Study
+from deepmac.studies.tables import SPLITS, Row, Study
 
 SPLIT_LABELS = {"all": "all", "voc": "VOC", "nonvoc": "non-VOC"}
 
@@ -72,18 +72,32 @@ def margin(
     return mean_a - mean_b, sds
 
 
+def seen_and_unseen(row: Row) -> tuple[str, str] | None:
+    """``(seen split, unseen split)`` of a row trained with the masks of one split (VOC or
+    non-VOC); ``None`` for all masks or a class list (e.g. person only: both splits hold
+    classes it saw no masks for)."""
+    from deepmac.config import apply_overrides
+    from deepmac.config.presets import get_preset
+
+    cfg = get_preset(row.preset)
+    apply_overrides(cfg, list(row.overrides))
+    return {"voc": ("voc", "nonvoc"), "nonvoc": ("nonvoc", "voc")}.get(cfg.data.mask_split)
+
+
 def margins_markdown(study: Study, records: list[dict[str, Any]]) -> list[str]:
     """The lines of the margins table of ``study.comparisons`` (both rows scored), or none:
     per split the difference of means with its size in pooled seed std, and how much larger
-    the margin is on non-VOC than on VOC (the paper's effect: a deep head gains most on the
-    classes it saw no masks for)."""
+    the margin is on the classes the reference row saw no masks for than on those it saw
+    (the paper's effect: a deep head gains most on the unseen classes)."""
     scored = {r["row"] for r in records}
+    rows = {row.name: row for row in study.rows}
     pairs = [(a, b) for a, b in study.comparisons if a in scored and b in scored]
     if not pairs:
         return []
     head = ["row - reference", *(f"{SPLIT_LABELS[s]} mIoU" for s in SPLITS)]
-    head += ["non-VOC margin - VOC margin"]
-    lines = ["", "Margins (difference of the means; in parentheses, in pooled seed std):", ""]
+    head += ["margin on unseen - on seen classes"]
+    lines = ["", "Margins (difference of the means; in parentheses, in pooled seed std; unseen: "
+             "the split the reference row had no masks of):", ""]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, reference in pairs:
         cells, by_split = [], {}
@@ -91,7 +105,8 @@ def margins_markdown(study: Study, records: list[dict[str, Any]]) -> list[str]:
             diff, sds = margin(records, row, reference, f"mask_iou/{split}/mIoU")
             by_split[split] = diff
             cells.append(f"{diff:+.3f}" + (f" ({sds:+.1f} sd)" if sds is not None else ""))
-        cells.append(f"{by_split['nonvoc'] - by_split['voc']:+.3f}")
+        splits = seen_and_unseen(rows[reference])
+        cells.append(f"{by_split[splits[1]] - by_split[splits[0]]:+.3f}" if splits else "-")
         lines.append(f"| {row} - {reference} | " + " | ".join(cells) + " |")
     return lines
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from deepmac.config import ExperimentConfig, apply_overrides, flatten_config
 from deepmac.studies.tables import SPLITS, Row, Study
-from deepmac.utils.io import write_json_atomic
+from deepmac.utils.io import atomic_write, write_json_atomic
+from deepmac.utils.logs import configure_process_logging
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +142,13 @@ def find_same_run(cfg: ExperimentConfig, folders: list[Path]) -> Path | None:
     return None
 
 
-def _reuse_run(study: Study, row: Row, cfg: ExperimentConfig, run_dir: Path, same: Path) -> dict:
+def _reuse_run(
+    study: Study, row: Row, cfg: ExperimentConfig, run_dir: Path, same: Path, overrides: list[str]
+) -> dict:
     """The record of ``same`` (another study's run of ``cfg``) as this row's, written with
     the config into ``run_dir`` (no checkpoint: it stays in ``same``)."""
     record = json.loads((same / "record.json").read_text())
-    record.update(table=study.name, row=row.name, overrides=list(row.overrides),
+    record.update(table=study.name, row=row.name, overrides=[*row.overrides, *overrides],
                   reused_from=str(same))  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", cfg.to_dict())
@@ -183,7 +186,7 @@ def run_one(
         return json.loads(done.read_text())
     same = find_same_run(cfg, reuse or []) if not (run_dir / "last.pt").is_file() else None
     if same is not None:
-        return _reuse_run(study, row, cfg, run_dir, same)
+        return _reuse_run(study, row, cfg, run_dir, same, overrides)
     logger.info("%s: %s seed %d, %d steps -> %s", study.name, row.name, seed, cfg.train.steps,
                 run_dir)  # fmt: skip
     start = time.perf_counter()
@@ -192,9 +195,8 @@ def run_one(
     wall = time.perf_counter() - start
     val = CocoInstances(Path(data.val), data.val_split, mask_split=cfg.data.mask_split)
     # Scored in float32 on the device it trained on (a GPU study scores on the GPU).
-    segmenter = BoxPromptedSegmenter.from_checkpoint(
-        run_dir / "last.pt", device=resolve_device(cfg.train.device)
-    )
+    device = resolve_device(cfg.train.device)
+    segmenter = BoxPromptedSegmenter.from_checkpoint(run_dir / "last.pt", device=device)
     metrics, _ = evaluate_box_prompted(segmenter, val)
     record = {
         "table": study.name,
@@ -205,6 +207,7 @@ def run_one(
         # This process's time: a resumed run counts only what it trained after resuming.
         "wall_seconds": wall,
         "resumed": resume,
+        "device": device.type,
         "overrides": [*row.overrides, *overrides],
         **{key: metrics[key] for key in RECORDED},
     }
@@ -239,9 +242,7 @@ def _start_job_process(threads: int, level: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    configure_process_logging(level)
 
 
 def run_study(
@@ -267,30 +268,38 @@ def run_study(
     from deepmac.evaluation.evaluate import filled_box_miou
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     overrides = overrides or []
-    runs = [(row, seed) for seed in seeds for row in select_rows(study, rows)]
-    for row, seed in runs:  # all of them before the first run trains
-        cfg = run_config(row, seed, steps, data, overrides)
-        check_same_config(out / f"{row.slug}_s{seed}", cfg)
-    val = CocoInstances(Path(data.val), data.val_split)
-    filled = filled_box_miou(val)
-    baseline = {s: filled[f"mask_iou/{s}/mIoU"] for s in SPLITS}
     reuse_folders = [Path(folder) for folder in reuse or []]
     for folder in reuse_folders:
         if not folder.is_dir():
             raise FileNotFoundError(f"reuse: {folder} is not a folder; expected a study's --out")
+    runs = [(row, seed) for seed in seeds for row in select_rows(study, rows)]
+    for row, seed in runs:  # all of them before the first run trains
+        cfg = run_config(row, seed, steps, data, overrides)
+        check_same_config(out / f"{row.slug}_s{seed}", cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    # The report keeps the folder's runs of this call's configs (any seed), so that runs of
+    # other --steps or overrides left in the folder are not averaged in.
+    expected = {row.name: run_config(row, 0, steps, data, overrides) for row in study.rows}
+    _, others = collect_records(study, out, expected)
+    if others:
+        logger.warning("%s: left out of the report, trained with another config: %s",
+                       study.name, ", ".join(str(p) for p in others))  # fmt: skip
+    val = CocoInstances(Path(data.val), data.val_split)
+    filled = filled_box_miou(val)
+    baseline = {s: filled[f"mask_iou/{s}/mIoU"] for s in SPLITS}
     settings = dict(out=out, steps=steps, data=data, overrides=overrides, reuse=reuse_folders)
     records: dict[tuple[str, int], dict[str, Any]] = {}
+    jobs = min(jobs, len(runs))
     if jobs <= 1:
         for row, seed in runs:
             records[row.name, seed] = run_one(study, row, seed, progress=progress, **settings)
             # After every run: an interrupted study's finished runs are reported already.
-            _write_results(study, baseline, out)
+            _write_results(study, baseline, out, expected)
     else:
         for key, record in _run_in_parallel(study, runs, jobs, settings):
             records[key] = record
-            _write_results(study, baseline, out)
+            _write_results(study, baseline, out, expected)
     return [records[row.name, seed] for row, seed in runs]
 
 
@@ -298,8 +307,9 @@ def _run_in_parallel(
     study: Study, runs: list[tuple[Row, int]], jobs: int, settings: dict[str, Any]
 ) -> Iterator[tuple[tuple[str, int], dict[str, Any]]]:
     """``run_one`` of every ``(row, seed)`` in ``jobs`` spawned processes; yields
-    ``((row name, seed), record)`` as runs finish. A failed run cancels the queued ones (those
-    running finish) and raises its error."""
+    ``((row name, seed), record)`` as runs finish. A failed run, or any other error here
+    (Ctrl-C included), cancels the runs not started yet and raises at once; the runs already
+    training are left to end with their processes (their checkpoints resume them)."""
     import multiprocessing
 
     # spawn, not fork: a forked child would share the parent's OpenMP thread pool state.
@@ -314,36 +324,56 @@ def _run_in_parallel(
             pool.submit(run_one, study, row, seed, progress=False, **settings): (row.name, seed)
             for row, seed in runs
         }
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                key = pending.pop(future)
-                if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise future.exception()
-                yield key, future.result()
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield pending.pop(future), future.result()  # a run's error raises here
+        except BaseException:
+            # Without this the pool's exit would wait for every queued run to train.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
-def collect_records(study: Study, out: Path) -> list[dict[str, Any]]:
-    """Every scored run of ``study`` under ``out``, seed-major in the study's row order."""
-    found = []
+def collect_records(
+    study: Study, out: Path, expected: dict[str, ExperimentConfig] | None = None
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Every scored run of ``study`` under ``out``, seed-major in the study's row order, and
+    the run folders left out: with ``expected`` (row label -> config), those whose config
+    differs from their row's but for the seed."""
+    found, others = [], []
     for order, row in enumerate(study.rows):
         for path in out.glob(f"{row.slug}_s*/record.json"):
             record = json.loads(path.read_text())
-            if record.get("row") == row.name:
-                found.append((record["seed"], order, record))
-    return [record for _, _, record in sorted(found, key=lambda item: item[:2])]
+            if record.get("row") != row.name:
+                continue
+            saved = path.parent / "config.json"
+            if expected is not None and (
+                not saved.is_file()
+                or _config_change(
+                    json.loads(saved.read_text()),
+                    expected[row.name].to_dict(),
+                    ignore=("train.seed",),
+                )  # fmt: skip
+            ):
+                others.append(path.parent)
+                continue
+            found.append((record["seed"], order, record))
+    return [record for _, _, record in sorted(found, key=lambda item: item[:2])], others
 
 
-def _write_results(study: Study, baseline: dict[str, float], out: Path) -> None:
-    """``results.json``, ``results.md`` and the plot of every record under ``out`` so far."""
+def _write_results(
+    study: Study, baseline: dict[str, float], out: Path, expected: dict[str, ExperimentConfig]
+) -> None:
+    """``results.json``, ``results.md`` and the plot of the records under ``out`` so far
+    (those of the ``expected`` configs)."""
     from deepmac.studies.report import plot_study, study_markdown
 
-    records = collect_records(study, out)
+    records, _ = collect_records(study, out, expected)
     write_json_atomic(out / "results.json", {"study": study.name, "filled_box": baseline,
                                              "records": records})  # fmt: skip
-    (out / "results.md").write_text(study_markdown(study, records, baseline))
+    table = study_markdown(study, records, baseline).encode("utf-8")
+    atomic_write(out / "results.md", lambda f: f.write(table))
     try:
         plot_study(study, records, baseline, out / f"{study.name}.png")
     except ImportError as err:

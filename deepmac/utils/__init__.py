@@ -1,1 +1,2 @@
-"""Helpers every layer may use and that know nothing of models: atomic file writes."""
+"""Helpers every layer may use and that know nothing of models: atomic file writes, the
+log format."""
