@@ -71,6 +71,15 @@ def test_toy_study_writes_records_markdown_and_plot_and_resumes(tmp_path, monkey
     assert trained == ["resnet_8"]
     assert again[0] == records[0]
     assert again[1]["resumed"] and again[1]["steps"] == 2
+    # --report-only: the report is rewritten from the records, nothing trains.
+    (tmp_path / "results.md").unlink()
+    (tmp_path / "resnet_8_s0" / "record.json").unlink()
+    reported = run_study(
+        TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=2, overrides=overrides,
+        report_only=True,
+    )  # fmt: skip
+    assert trained == ["resnet_8"] and reported == again[:1]
+    assert "| ResNet-4 |" in (tmp_path / "results.md").read_text()
     # Other steps (or overrides) would mix two schedules in one row: refused, nothing run.
     with pytest.raises(ValueError, match=r"trained with another config \(train.steps differ"):
         run_study(TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=3, overrides=overrides)

@@ -226,6 +226,7 @@ def run_study_command(args: argparse.Namespace) -> int:
         rows=args.rows,
         jobs=args.jobs,
         reuse=args.reuse,
+        report_only=args.report_only,
     )
     print((out / "results.md").read_text())
     print(f"{len(records)} runs; files: {out}/results.json, results.md, {study.name}.png")

@@ -195,6 +195,8 @@ def _add_study(subparsers) -> None:
         "coco_tiny train+val and coco_mini train, scores on coco_mini val2017",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: rewrite "
+                        "the report of the runs already scored in OUT")  # fmt: skip
     parser.set_defaults(handler=_lazy("run_study_command"))
 
 

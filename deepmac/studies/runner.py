@@ -257,13 +257,15 @@ def run_study(
     rows: list[str] | None = None,
     jobs: int = 1,
     reuse: list[str | Path] | None = None,
+    report_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Every row (or the ``rows`` named) with every seed, seed-major (an interrupted study has
     every row at the first seeds), ``jobs`` runs at a time; after every run ``results.json``,
     ``results.md`` and the plot of all the records under ``out``. Returns this call's records,
     in seed-major order. A run folder of another config stops the study before any training.
     A run whose config (but for its name) was trained in one of the ``reuse`` study folders
-    takes that run's record instead of training again."""
+    takes that run's record instead of training again. ``report_only``: no training, the
+    report of the runs already scored (and those of them among this call's runs returned)."""
     from deepmac.data import CocoInstances
     from deepmac.evaluation.evaluate import filled_box_miou
 
@@ -291,6 +293,10 @@ def run_study(
     settings = dict(out=out, steps=steps, data=data, overrides=overrides, reuse=reuse_folders)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     jobs = min(jobs, len(runs))
+    if report_only:
+        _write_results(study, baseline, out, expected)
+        found, _ = collect_records(study, out, expected)
+        return [r for r in found if (r["row"], r["seed"]) in {(w.name, s) for w, s in runs}]
     if jobs <= 1:
         for row, seed in runs:
             records[row.name, seed] = run_one(study, row, seed, progress=progress, **settings)
