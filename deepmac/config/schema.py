@@ -163,6 +163,11 @@ class TrainConfig:
     #: BatchNorm statistics over the global batch when training on several processes (the
     #: paper's synchronised BN; on CPU too, see deepmac.engine.sync_batchnorm).
     sync_batchnorm: bool = True
+    #: after the last step, every BatchNorm's running statistics recomputed as the mean over
+    #: this many training batches (``deepmac.engine.precise_bn``: at small batches the
+    #: hourglass heads' momentum-0.9 statistics are one batch's); 0 keeps those of training
+    #: (the official behaviour). No weight changes.
+    precise_bn_batches: int = 0
 
 
 @dataclass

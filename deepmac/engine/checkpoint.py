@@ -183,6 +183,14 @@ def save_checkpoint(
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
+def update_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
+    """Rewrite the checkpoint ``path`` with ``fields`` replaced or added (e.g. ``model=`` a
+    state dict whose statistics were recomputed), atomically: a crash leaves the old file."""
+    ckpt = load_checkpoint(path)
+    ckpt.update(fields)
+    atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
 def _unreadable_reason(err: Exception) -> str:
     """Why ``torch.load`` failed, in our words: torch's own text for refused pickles advises
     retrying with ``weights_only=False``, which would run whatever code the file holds."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,15 @@ from deepmac.engine.checkpoint import (
     load_model_state,
     remove_run_files,
     remove_stale_temp_files,
+    unwrap_model,
+    update_checkpoint,
 )
 from deepmac.engine.devices import DEVICE_CHOICES, resolve_device
 from deepmac.engine.distributed import init_distributed, wrap_ddp
+from deepmac.engine.metrics import MetricsLog
+from deepmac.engine.precise_bn import recompute_batch_norm_statistics
 from deepmac.engine.precision import amp_dtype
+from deepmac.engine.train import move_to_device
 from deepmac.evaluation.evaluate import evaluate_model
 from deepmac.models.families import build_training_model, get_family
 
@@ -250,6 +256,10 @@ def run_training(
     ``metrics.jsonl`` (``deepmac train`` refuses such a folder). Returns the engine's summary
     (final step, last losses, last eval metrics, elapsed seconds).
     """
+    if cfg.train.precise_bn_batches < 0:
+        raise ValueError(
+            f"train.precise_bn_batches must be >= 0 (0: off), got {cfg.train.precise_bn_batches}"
+        )
     out_dir = Path(out_dir)
     rank, world_size, local_rank = _start_process(out_dir)
     device = training_device(cfg.train.device, local_rank)
@@ -279,7 +289,7 @@ def run_training(
     evaluate = _periodic_evaluation(cfg)  # loads the evaluation split before files are removed
     if overwrite and not rank:
         remove_run_files(out_dir)
-    return train(
+    summary = train(
         model=model,
         criterion=get_family(cfg.model.type).criterion(cfg),
         optimizer=optimizer,
@@ -293,6 +303,38 @@ def run_training(
         evaluate=evaluate,
         **loop_settings(cfg, progress),
     )
+    if cfg.train.precise_bn_batches and not rank and summary["step"] == cfg.train.steps:
+        _precise_bn(cfg, unwrap_model(model), out_dir)
+    return summary
+
+
+def _precise_bn(cfg: ExperimentConfig, model: torch.nn.Module, out_dir: Path) -> None:
+    """The final ``last.pt`` with its BatchNorm statistics recomputed over
+    ``train.precise_bn_batches`` training batches (``deepmac.engine.precise_bn``), once: a run
+    resumed at its last step finds them done. Batches and instance draws are seeded by
+    ``train.seed``, so the statistics are the same however often the run was resumed."""
+    ckpt_path = out_dir / "last.pt"
+    batches = cfg.train.precise_bn_batches
+    if load_checkpoint(ckpt_path).get("precise_bn", {}).get("batches") == batches:
+        return
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    torch.manual_seed(cfg.train.seed)
+    loader = _training_loader(cfg, model.size_multiple, device)
+
+    def forward(model: torch.nn.Module, batch: Any) -> None:
+        images, targets = move_to_device(batch, device)
+        model(getattr(images, "tensor", images), targets=targets)
+
+    count = recompute_batch_norm_statistics(
+        model, loader, forward, num_batches=batches, amp_dtype=amp_dtype(cfg.train.amp)
+    )
+    update_checkpoint(ckpt_path, model=model.state_dict(), precise_bn={"batches": batches})
+    seconds = time.perf_counter() - start
+    record = {"type": "precise_bn", "step": cfg.train.steps, "batches": batches,
+              "batch_norms": count, "seconds": round(seconds, 1)}  # fmt: skip
+    MetricsLog(out_dir / "metrics.jsonl").write(record)
+    logger.info("precise BN: %d BatchNorms over %d batches in %.0f s", count, batches, seconds)
 
 
 def loop_settings(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
