@@ -14,6 +14,7 @@ from conftest import TINY_BOX_PROMPTED_OVERRIDES
 from deepmac.backbones import IMAGENET_WEIGHTS
 from deepmac.config.presets import PRESETS
 from deepmac.data import demo_data_root
+from deepmac.engine.checkpoint import load_checkpoint
 from deepmac.experiments import training as experiment
 from deepmac.studies import STUDIES, Row, Study, StudyData, run_study
 from deepmac.studies.runner import RECORDED, run_config
@@ -83,6 +84,15 @@ def test_toy_study_writes_records_markdown_and_plot_and_resumes(tmp_path, monkey
     # Other steps (or overrides) would mix two schedules in one row: refused, nothing run.
     with pytest.raises(ValueError, match=r"trained with another config \(train.steps differ"):
         run_study(TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=3, overrides=overrides)
+    # A key that acts after the last step only: the same training, finished again and rescored.
+    finished = run_study(
+        TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=2,
+        overrides=[*overrides, "train.precise_bn_batches=2"], progress=False,
+    )  # fmt: skip
+    assert trained == ["resnet_8", "resnet_4", "resnet_8"]
+    assert [r["steps"] for r in finished] == [2, 2]
+    assert finished[0]["wall_seconds"] > records[0]["wall_seconds"]
+    assert load_checkpoint(tmp_path / "resnet_4_s0" / "last.pt")["precise_bn"] == {"batches": 2}
 
 
 def test_rows_parallel_jobs_and_reuse(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepmac.config import ExperimentConfig, apply_overrides, flatten_config
+from deepmac.config import ExperimentConfig, apply_overrides, config_from_dict, flatten_config
 from deepmac.studies.tables import SPLITS, Row, Study
 from deepmac.utils.io import atomic_write, write_json_atomic
 from deepmac.utils.logs import configure_process_logging
@@ -104,6 +104,22 @@ def run_config(
     return cfg
 
 
+#: Config keys that act only after the last training step: a run whose config differs in
+#: these alone is the same training, finished again (its checkpoint post-processed and
+#: scored anew) instead of refused.
+AFTER_TRAINING = ("train.precise_bn_batches",)
+
+
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/config.json`` read through the schema, so that keys added to the config
+    since the run was trained take their defaults (which keep the old behaviour); ``None``
+    without the file."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    return config_from_dict(json.loads(path.read_text())).to_dict()
+
+
 def _config_change(
     saved: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...] = ()
 ) -> list[str]:
@@ -119,9 +135,9 @@ def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     """Raises ``ValueError`` when ``run_dir`` holds a run of another config: a finished or
     half-done run is reused only for the same config (more steps would splice two cosine
     schedules, other overrides would mix two experiments in one row)."""
-    saved = run_dir / "config.json"
-    if saved.is_file():
-        changed = _config_change(json.loads(saved.read_text()), cfg.to_dict())
+    saved = saved_config(run_dir)
+    if saved is not None:
+        changed = _config_change(saved, cfg.to_dict(), ignore=AFTER_TRAINING)
         if changed:
             raise ValueError(
                 f"{run_dir} was trained with another config ({', '.join(changed[:4])} differ); "
@@ -134,11 +150,9 @@ def find_same_run(cfg: ExperimentConfig, folders: list[Path]) -> Path | None:
     name (e.g. table4's Hourglass-20 for table5's, or for scaling's 100% row); ``None``."""
     for folder in folders:
         for record in sorted(Path(folder).glob("*/record.json")):
-            saved = record.parent / "config.json"
-            if saved.is_file():
-                saved_cfg = json.loads(saved.read_text())
-                if not _config_change(saved_cfg, cfg.to_dict(), ignore=("name",)):
-                    return record.parent
+            saved = saved_config(record.parent)
+            if saved is not None and not _config_change(saved, cfg.to_dict(), ignore=("name",)):
+                return record.parent
     return None
 
 
@@ -182,8 +196,14 @@ def run_one(
     done = run_dir / "record.json"
     cfg = run_config(row, seed, steps, data, overrides)
     check_same_config(run_dir, cfg)
-    if done.is_file():
-        return json.loads(done.read_text())
+    earlier = json.loads(done.read_text()) if done.is_file() else None
+    if earlier is not None:
+        if not _config_change(saved_config(run_dir) or {}, cfg.to_dict()):
+            return earlier
+        logger.info("%s: %s seed %d: finished again for %s", study.name, row.name, seed,
+                    ", ".join(AFTER_TRAINING))  # fmt: skip
+        if "reused_from" in earlier:  # no checkpoint here: reused or trained anew below
+            earlier = None
     same = find_same_run(cfg, reuse or []) if not (run_dir / "last.pt").is_file() else None
     if same is not None:
         return _reuse_run(study, row, cfg, run_dir, same, overrides)
@@ -192,7 +212,8 @@ def run_one(
     start = time.perf_counter()
     resume = (run_dir / "last.pt").is_file()
     summary = run_training(cfg, run_dir, resume=resume, overwrite=not resume, progress=progress)
-    wall = time.perf_counter() - start
+    # This process's time, plus the earlier training's for a run finished again.
+    wall = time.perf_counter() - start + (earlier or {}).get("wall_seconds", 0.0)
     val = CocoInstances(Path(data.val), data.val_split, mask_split=cfg.data.mask_split)
     # Scored in float32 on the device it trained on (a GPU study scores on the GPU).
     device = resolve_device(cfg.train.device)
@@ -204,9 +225,9 @@ def run_one(
         "seed": seed,
         "commit": git_commit(),
         "steps": summary["step"],
-        # This process's time: a resumed run counts only what it trained after resuming.
+        # A resumed run counts only what it trained after resuming.
         "wall_seconds": wall,
-        "resumed": resume,
+        "resumed": (earlier or {}).get("resumed", resume),
         "device": device.type,
         "overrides": [*row.overrides, *overrides],
         **{key: metrics[key] for key in RECORDED},
@@ -353,17 +374,12 @@ def collect_records(
             record = json.loads(path.read_text())
             if record.get("row") != row.name:
                 continue
-            saved = path.parent / "config.json"
-            if expected is not None and (
-                not saved.is_file()
-                or _config_change(
-                    json.loads(saved.read_text()),
-                    expected[row.name].to_dict(),
-                    ignore=("train.seed",),
-                )  # fmt: skip
-            ):
-                others.append(path.parent)
-                continue
+            if expected is not None:
+                saved = saved_config(path.parent)
+                now = expected[row.name].to_dict()
+                if saved is None or _config_change(saved, now, ignore=("train.seed",)):
+                    others.append(path.parent)
+                    continue
             found.append((record["seed"], order, record))
     return [record for _, _, record in sorted(found, key=lambda item: item[:2])], others
 
