@@ -5,8 +5,8 @@ Why: the official hourglass heads use Keras BN momentum 0.1 (PyTorch 0.9), so th
 statistics are almost those of the last training batch alone. With the official batches (128+
 images, thousands of crops) one batch is the population; with 4 images and about 16
 mask-supervised crops it is one noisy sample, and the eval-mode model depends on which batch
-came last: one Hourglass-20 run of Table 4 scored 0.624 mIoU with its running statistics and
-0.698 with batch statistics, its twin seed 0.699 either way (docs/results.md). The remedy is
+came last: one Hourglass-20 run of Table 4 scored 0.596 mIoU with its running statistics and
+0.690 with statistics recomputed over 200 batches (docs/results.md). The remedy is
 the PreciseBN of detectron2 and of Wu & Johnson, "Rethinking 'Batch' in BatchNorm" (2021):
 average the batch statistics of N batches, drawn as in training. ``torch.optim.swa_utils.
 update_bn`` does the same for models called on one input tensor; the models here need their
