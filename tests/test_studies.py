@@ -92,6 +92,7 @@ def test_toy_study_writes_records_markdown_and_plot_and_resumes(tmp_path, monkey
     assert trained == ["resnet_8", "resnet_4", "resnet_8"]
     assert [r["steps"] for r in finished] == [2, 2]
     assert finished[0]["wall_seconds"] > records[0]["wall_seconds"]
+    assert finished[0]["trained_commit"] == records[0]["commit"]
     assert load_checkpoint(tmp_path / "resnet_4_s0" / "last.pt")["precise_bn"] == {"batches": 2}
 
 

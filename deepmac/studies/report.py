@@ -138,7 +138,8 @@ def plot_study(
     lows = [r[f"mask_iou/{s}/mIoU"] for r in records for s in SPLITS] + list(baseline.values())
     axis.set_ylim(max(0.0, min(lows) - 0.1), min(1.0, max(lows) + 0.05))
     axis.legend(fontsize=8, title="split (dashed: filled box)", title_fontsize=7)
-    seeds = len({r["seed"] for r in records})
-    axis.set_title(f"{study.name}: {seeds} seed(s), error bars = std", fontsize=9)
+    per_row = [sum(r["row"] == row.name for r in records) for row in rows]
+    axis.set_title(f"{study.name}: seeds per row {', '.join(map(str, per_row))}; error bars = "
+                   f"sample std", fontsize=9)  # fmt: skip
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
     return out

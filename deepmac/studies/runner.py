@@ -224,6 +224,10 @@ def run_one(
         "row": row.name,
         "seed": seed,
         "commit": git_commit(),
+        # the code that trained it: an earlier commit for a run finished again
+        "trained_commit": (earlier or {}).get("trained_commit")
+        or (earlier or {}).get("commit")
+        or git_commit(),
         "steps": summary["step"],
         # A resumed run counts only what it trained after resuming.
         "wall_seconds": wall,
