@@ -256,10 +256,7 @@ def run_training(
     ``metrics.jsonl`` (``deepmac train`` refuses such a folder). Returns the engine's summary
     (final step, last losses, last eval metrics, elapsed seconds).
     """
-    if cfg.train.precise_bn_batches < 0:
-        raise ValueError(
-            f"train.precise_bn_batches must be >= 0 (0: off), got {cfg.train.precise_bn_batches}"
-        )
+    _check_train_settings(cfg)
     out_dir = Path(out_dir)
     rank, world_size, local_rank = _start_process(out_dir)
     device = training_device(cfg.train.device, local_rank)
@@ -272,20 +269,12 @@ def run_training(
     loader = _training_loader(cfg, model.size_multiple, device)
     optimizer = build_optimizer(model, cfg)
     scheduler = _scheduler(optimizer, cfg)
-    resume_state = None
-    if resume:
-        resume_state = resume_from(
-            out_dir / "last.pt",
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            expected_model_type=model.model_type,
-        )
+    resume_state = (
+        resume_from(out_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler,
+                    expected_model_type=model.model_type) if resume else None
+    )  # fmt: skip
     model_type = model.model_type
-    model = wrap_ddp(model, sync_batchnorm=cfg.train.sync_batchnorm)
-    if world_size > 1:
-        batch = cfg.data.batch_size * cfg.train.accumulate_steps * world_size
-        logger.info("%d processes on %s: global batch %d", world_size, device.type, batch)
+    model = _wrap_for_processes(model, cfg, world_size, device)
     evaluate = _periodic_evaluation(cfg)  # loads the evaluation split before files are removed
     if overwrite and not rank:
         remove_run_files(out_dir)
@@ -306,6 +295,25 @@ def run_training(
     if cfg.train.precise_bn_batches and not rank and summary["step"] == cfg.train.steps:
         _precise_bn(cfg, unwrap_model(model), out_dir)
     return summary
+
+
+def _wrap_for_processes(
+    model: torch.nn.Module, cfg: ExperimentConfig, world_size: int, device: torch.device
+) -> torch.nn.Module:
+    """``model`` in DDP (with synchronised BatchNorm unless turned off) under torchrun."""
+    model = wrap_ddp(model, sync_batchnorm=cfg.train.sync_batchnorm)
+    if world_size > 1:
+        batch = cfg.data.batch_size * cfg.train.accumulate_steps * world_size
+        logger.info("%d processes on %s: global batch %d", world_size, device.type, batch)
+    return model
+
+
+def _check_train_settings(cfg: ExperimentConfig) -> None:
+    """Refuse ``train`` values no step would use (before anything is built)."""
+    if cfg.train.precise_bn_batches < 0:
+        raise ValueError(
+            f"train.precise_bn_batches must be >= 0 (0: off), got {cfg.train.precise_bn_batches}"
+        )
 
 
 def _precise_bn(cfg: ExperimentConfig, model: torch.nn.Module, out_dir: Path) -> None:

@@ -186,11 +186,7 @@ def run_one(
 ) -> dict[str, Any]:
     """Train (or resume) and score one run; its record (reused when already written, or
     copied from a run of the same config in one of the ``reuse`` study folders)."""
-    from deepmac.data import CocoInstances
-    from deepmac.engine.devices import resolve_device
-    from deepmac.evaluation.evaluate import evaluate_box_prompted
     from deepmac.experiments.training import run_training
-    from deepmac.inference.segmenter import BoxPromptedSegmenter
 
     run_dir = out / f"{row.slug}_s{seed}"
     done = run_dir / "record.json"
@@ -214,30 +210,40 @@ def run_one(
     summary = run_training(cfg, run_dir, resume=resume, overwrite=not resume, progress=progress)
     # This process's time, plus the earlier training's for a run finished again.
     wall = time.perf_counter() - start + (earlier or {}).get("wall_seconds", 0.0)
-    val = CocoInstances(Path(data.val), data.val_split, mask_split=cfg.data.mask_split)
-    # Scored in float32 on the device it trained on (a GPU study scores on the GPU).
-    device = resolve_device(cfg.train.device)
-    segmenter = BoxPromptedSegmenter.from_checkpoint(run_dir / "last.pt", device=device)
-    metrics, _ = evaluate_box_prompted(segmenter, val)
+    metrics, device = _score(run_dir / "last.pt", cfg, data)
+    earlier = earlier or {}
     record = {
         "table": study.name,
         "row": row.name,
         "seed": seed,
         "commit": git_commit(),
         # the code that trained it: an earlier commit for a run finished again
-        "trained_commit": (earlier or {}).get("trained_commit")
-        or (earlier or {}).get("commit")
-        or git_commit(),
+        "trained_commit": earlier.get("trained_commit") or earlier.get("commit") or git_commit(),
         "steps": summary["step"],
         # A resumed run counts only what it trained after resuming.
         "wall_seconds": wall,
-        "resumed": (earlier or {}).get("resumed", resume),
-        "device": device.type,
+        "resumed": earlier.get("resumed", resume),
+        "device": device,
         "overrides": [*row.overrides, *overrides],
         **{key: metrics[key] for key in RECORDED},
     }
     write_json_atomic(done, record)
     return record
+
+
+def _score(checkpoint: Path, cfg: ExperimentConfig, data: StudyData) -> tuple[dict, str]:
+    """``(metrics, device type)`` of the checkpoint on the evaluation split, from ground-truth
+    boxes, in float32 on the device it trained on (a GPU study scores on the GPU)."""
+    from deepmac.data import CocoInstances
+    from deepmac.engine.devices import resolve_device
+    from deepmac.evaluation.evaluate import evaluate_box_prompted
+    from deepmac.inference.segmenter import BoxPromptedSegmenter
+
+    val = CocoInstances(Path(data.val), data.val_split, mask_split=cfg.data.mask_split)
+    device = resolve_device(cfg.train.device)
+    segmenter = BoxPromptedSegmenter.from_checkpoint(checkpoint, device=device)
+    metrics, _ = evaluate_box_prompted(segmenter, val)
+    return metrics, device.type
 
 
 def select_rows(study: Study, names: list[str] | None) -> list[Row]:
@@ -297,13 +303,8 @@ def run_study(
     out = Path(out)
     overrides = overrides or []
     reuse_folders = [Path(folder) for folder in reuse or []]
-    for folder in reuse_folders:
-        if not folder.is_dir():
-            raise FileNotFoundError(f"reuse: {folder} is not a folder; expected a study's --out")
     runs = [(row, seed) for seed in seeds for row in select_rows(study, rows)]
-    for row, seed in runs:  # all of them before the first run trains
-        cfg = run_config(row, seed, steps, data, overrides)
-        check_same_config(out / f"{row.slug}_s{seed}", cfg)
+    _check_before_training(runs, out, reuse_folders, steps, data, overrides)
     out.mkdir(parents=True, exist_ok=True)
     # The report keeps the folder's runs of this call's configs (any seed), so that runs of
     # other --steps or overrides left in the folder are not averaged in.
@@ -332,6 +333,24 @@ def run_study(
             records[key] = record
             _write_results(study, baseline, out, expected)
     return [records[row.name, seed] for row, seed in runs]
+
+
+def _check_before_training(
+    runs: list[tuple[Row, int]],
+    out: Path,
+    reuse: list[Path],
+    steps: int | None,
+    data: StudyData,
+    overrides: list[str],
+) -> None:
+    """Refuse a missing ``reuse`` folder and a run folder of another config, before any run
+    trains."""
+    for folder in reuse:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"reuse: {folder} is not a folder; expected a study's --out")
+    for row, seed in runs:
+        cfg = run_config(row, seed, steps, data, overrides)
+        check_same_config(out / f"{row.slug}_s{seed}", cfg)
 
 
 def _run_in_parallel(
