@@ -179,15 +179,13 @@ def save_checkpoint(
         "git_sha": _git_sha(),
         "extra": extra or {},
     }
+    write_checkpoint(path, ckpt)
+
+
+def write_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
+    """Write a checkpoint dict (as :func:`save_checkpoint` builds it, or as
+    :func:`load_checkpoint` returns it, updated) atomically: a crash leaves the old file."""
     # ``torch.save`` is looked up at call time so tests can make it fail mid-write.
-    atomic_write(path, lambda f: torch.save(ckpt, f))
-
-
-def update_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
-    """Rewrite the checkpoint ``path`` with ``fields`` replaced or added (e.g. ``model=`` a
-    state dict whose statistics were recomputed), atomically: a crash leaves the old file."""
-    ckpt = load_checkpoint(path)
-    ckpt.update(fields)
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 

@@ -32,7 +32,7 @@ from deepmac.engine.checkpoint import (
     remove_run_files,
     remove_stale_temp_files,
     unwrap_model,
-    update_checkpoint,
+    write_checkpoint,
 )
 from deepmac.engine.devices import DEVICE_CHOICES, resolve_device
 from deepmac.engine.distributed import init_distributed, wrap_ddp
@@ -323,7 +323,8 @@ def _precise_bn(cfg: ExperimentConfig, model: torch.nn.Module, out_dir: Path) ->
     ``train.seed``, so the statistics are the same however often the run was resumed."""
     ckpt_path = out_dir / "last.pt"
     batches = cfg.train.precise_bn_batches
-    if load_checkpoint(ckpt_path).get("precise_bn", {}).get("batches") == batches:
+    ckpt = load_checkpoint(ckpt_path)  # read once: the marker, then the file to rewrite
+    if ckpt.get("precise_bn", {}).get("batches") == batches:
         return
     start = time.perf_counter()
     device = next(model.parameters()).device
@@ -337,7 +338,8 @@ def _precise_bn(cfg: ExperimentConfig, model: torch.nn.Module, out_dir: Path) ->
     count = recompute_batch_norm_statistics(
         model, loader, forward, num_batches=batches, amp_dtype=amp_dtype(cfg.train.amp)
     )
-    update_checkpoint(ckpt_path, model=model.state_dict(), precise_bn={"batches": batches})
+    ckpt.update(model=model.state_dict(), precise_bn={"batches": batches})
+    write_checkpoint(ckpt_path, ckpt)
     seconds = time.perf_counter() - start
     record = {"type": "precise_bn", "step": cfg.train.steps, "batches": batches,
               "batch_norms": count, "seconds": round(seconds, 1)}  # fmt: skip

@@ -131,10 +131,11 @@ def _config_change(
     return sorted(k for k in keys if before.get(k) != after.get(k))
 
 
-def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
-    """Raises ``ValueError`` when ``run_dir`` holds a run of another config: a finished or
-    half-done run is reused only for the same config (more steps would splice two cosine
-    schedules, other overrides would mix two experiments in one row)."""
+def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The run's saved config (``saved_config``); raises ``ValueError`` when ``run_dir``
+    holds a run of another config: a finished or half-done run is reused only for the same
+    config (more steps would splice two cosine schedules, other overrides would mix two
+    experiments in one row)."""
     saved = saved_config(run_dir)
     if saved is not None:
         changed = _config_change(saved, cfg.to_dict(), ignore=AFTER_TRAINING)
@@ -143,6 +144,7 @@ def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
                 f"{run_dir} was trained with another config ({', '.join(changed[:4])} differ); "
                 f"expected the same --steps and overrides to continue the study, or a new --out"
             )
+    return saved
 
 
 def find_same_run(cfg: ExperimentConfig, folders: list[Path]) -> Path | None:
@@ -191,10 +193,10 @@ def run_one(
     run_dir = out / f"{row.slug}_s{seed}"
     done = run_dir / "record.json"
     cfg = run_config(row, seed, steps, data, overrides)
-    check_same_config(run_dir, cfg)
+    saved = check_same_config(run_dir, cfg)
     earlier = json.loads(done.read_text()) if done.is_file() else None
     if earlier is not None:
-        if not _config_change(saved_config(run_dir) or {}, cfg.to_dict()):
+        if not _config_change(saved or {}, cfg.to_dict()):
             return earlier
         logger.info("%s: %s seed %d: finished again for %s", study.name, row.name, seed,
                     ", ".join(AFTER_TRAINING))  # fmt: skip
