@@ -142,6 +142,39 @@ def test_rows_parallel_jobs_and_reuse(tmp_path, monkeypatch):
     assert (tmp_path / "other" / "r8_s2" / "config.json").is_file()
 
 
+def test_records_of_another_machine_count_as_done(tmp_path, monkeypatch):
+    """``records``: a committed results.json restores its runs of this call's steps and
+    overrides (config and record written), so a study continued on a fresh machine trains
+    only what they lack; records of other steps are left out; a bad file is refused."""
+    overrides = [o for o in TINY_BOX_PROMPTED_OVERRIDES if not o.startswith("model.mask_head")]
+    metrics = {key: 0.5 for key in RECORDED}
+
+    def record(row: Row, seed: int, steps: int) -> dict:
+        return {"table": "toy", "row": row.name, "seed": seed, "steps": steps,
+                "overrides": [*row.overrides, *overrides], "commit": "abc", "wall_seconds": 9.0,
+                **metrics}  # fmt: skip
+
+    resnet4, resnet8 = TOY.rows
+    earlier = tmp_path / "committed.json"
+    earlier.write_text(json.dumps({"study": "toy", "records": [
+        record(resnet4, 0, 2), record(resnet8, 0, 2), record(resnet8, 1, 3)]}))  # fmt: skip
+    monkeypatch.setattr(experiment, "run_training", lambda *a, **k: pytest.fail("trained"))
+    out = tmp_path / "study"
+    found = run_study(
+        TOY, seeds=[0], out=out, data=demo_data(), steps=2, overrides=overrides,
+        progress=False, records=[earlier],
+    )  # fmt: skip
+    assert [(r["row"], r["seed"], r["restored_from"]) for r in found] == [
+        ("ResNet-4", 0, str(earlier)), ("ResNet-8", 0, str(earlier))]  # fmt: skip
+    assert not (out / "resnet_8_s1").exists()  # 3 steps: another config
+    saved = json.loads((out / "resnet_4_s0" / "config.json").read_text())
+    assert saved["train"]["steps"] == 2 and saved["model"]["mask_head"] == "resnet4"
+    assert len(json.loads((out / "results.json").read_text())["records"]) == 2
+    with pytest.raises(ValueError, match=r"--records .*expected a study's results.json"):
+        run_study(TOY, seeds=[0], out=out, data=demo_data(), steps=2, overrides=overrides,
+                  records=[out / "nope"])  # fmt: skip
+
+
 def test_every_study_row_builds_a_valid_config(tmp_path):
     data = StudyData(train=["a@train2017"], val="b")
     for study in STUDIES.values():

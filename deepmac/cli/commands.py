@@ -226,6 +226,7 @@ def run_study_command(args: argparse.Namespace) -> int:
         rows=args.rows,
         jobs=args.jobs,
         reuse=args.reuse,
+        records=args.records,
         report_only=args.report_only,
     )
     print((out / "results.md").read_text())

@@ -189,6 +189,9 @@ def _add_study(subparsers) -> None:
     parser.add_argument("--reuse", nargs="+", metavar="DIR", help="other study folders: a run "
                         "trained there with the same config (e.g. table4's Hourglass-20 for "
                         "table5's) is reused, not trained again")  # fmt: skip
+    parser.add_argument("--records", nargs="+", metavar="JSON", help="results.json of this "
+                        "study run on another machine (e.g. docs/results/table4/results.json): "
+                        "its runs of the same steps and overrides count as done")  # fmt: skip
     parser.add_argument(
         "--data",
         help="folder holding coco_tiny and coco_mini (default ../shared/data): trains on "

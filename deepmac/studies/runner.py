@@ -174,6 +174,49 @@ def _reuse_run(
     return record
 
 
+def restore_records(
+    study: Study,
+    files: list[Path],
+    *,
+    out: Path,
+    steps: int | None,
+    data: StudyData,
+    overrides: list[str],
+) -> int:
+    """Write the records of an earlier machine's study (its ``results.json``, e.g. the one
+    committed under docs/results/) into ``out`` as scored runs, with the config each was
+    trained with, so that a study continued on a fresh machine trains only the runs they
+    lack. A record is restored when its row is one of ``study``'s and its steps and overrides
+    are this call's (the row's, then the command line's); one whose run folder is already in
+    ``out`` is left alone. Returns how many were restored."""
+    restored = 0
+    rows = {row.name: row for row in study.rows}
+    for file in files:
+        try:
+            earlier = json.loads(Path(file).read_text())["records"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"--records {file}: expected a study's results.json with a 'records' list ({err})"
+            ) from None
+        for record in earlier:
+            row = rows.get(record.get("row"))
+            if row is None or record.get("table") not in (study.name, None):
+                continue
+            cfg = run_config(row, record["seed"], steps, data, overrides)
+            run_dir = out / f"{row.slug}_s{record['seed']}"
+            same = (record.get("steps") == cfg.train.steps
+                    and record.get("overrides") == [*row.overrides, *overrides])  # fmt: skip
+            if not same or run_dir.exists():
+                continue
+            run_dir.mkdir(parents=True)
+            write_json_atomic(run_dir / "config.json", cfg.to_dict())
+            write_json_atomic(run_dir / "record.json", {**record, "restored_from": str(file)})
+            restored += 1
+    logger.info("%s: %d runs restored from %s", study.name, restored,
+                ", ".join(str(f) for f in files))  # fmt: skip
+    return restored
+
+
 def run_one(
     study: Study,
     row: Row,
@@ -290,6 +333,7 @@ def run_study(
     rows: list[str] | None = None,
     jobs: int = 1,
     reuse: list[str | Path] | None = None,
+    records: list[str | Path] | None = None,
     report_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Every row (or the ``rows`` named) with every seed, seed-major (an interrupted study has
@@ -297,8 +341,10 @@ def run_study(
     ``results.md`` and the plot of all the records under ``out``. Returns this call's records,
     in seed-major order. A run folder of another config stops the study before any training.
     A run whose config (but for its name) was trained in one of the ``reuse`` study folders
-    takes that run's record instead of training again. ``report_only``: no training, the
-    report of the runs already scored (and those of them among this call's runs returned)."""
+    takes that run's record instead of training again; the ``records`` files (``results.json``
+    of this study run elsewhere) are restored first (``restore_records``). ``report_only``: no
+    training, the report of the runs already scored (and those of them among this call's runs
+    returned)."""
     from deepmac.data import CocoInstances
     from deepmac.evaluation.evaluate import filled_box_miou
 
@@ -308,6 +354,9 @@ def run_study(
     runs = [(row, seed) for seed in seeds for row in select_rows(study, rows)]
     _check_before_training(runs, out, reuse_folders, steps, data, overrides)
     out.mkdir(parents=True, exist_ok=True)
+    if records:
+        restore_records(study, [Path(f) for f in records], out=out, steps=steps, data=data,
+                        overrides=overrides)  # fmt: skip
     # The report keeps the folder's runs of this call's configs (any seed), so that runs of
     # other --steps or overrides left in the folder are not averaged in.
     expected = {row.name: run_config(row, 0, steps, data, overrides) for row in study.rows}
