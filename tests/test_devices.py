@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch
 
 from deepmac.config import ExperimentConfig, ModelConfig, RCNNConfig
 from deepmac.data import CocoInstances, build_eval_transforms, collate_instances, demo_data_root
-from deepmac.engine import save_checkpoint
+from deepmac.engine import precision, save_checkpoint
 from deepmac.engine.devices import module_device, resolve_device
 from deepmac.engine.precision import AMP_DTYPES, amp_dtype, autocast
 from deepmac.engine.train import default_forward_step
@@ -241,7 +242,8 @@ def test_evaluation_makes_its_tensors_on_the_model_device(model_type):
 # ----------------------------------------------------------------------------- plumbing
 
 
-def test_amp_names_and_autocast_on_the_model_device_type():
+def test_amp_names_and_autocast_on_the_model_device_type(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_kernels", lambda dtype: True)  # any CPU
     assert amp_dtype("none") is None and amp_dtype("bf16") is torch.bfloat16
     assert sorted(AMP_DTYPES) == ["bf16", "fp16", "none"]
     with pytest.raises(ValueError, match=r"one of \['bf16', 'fp16', 'none'\], got 'fp8'"):
@@ -256,6 +258,25 @@ def test_amp_names_and_autocast_on_the_model_device_type():
         assert not torch.is_autocast_enabled("cpu")
     with autocast(torch.device("cpu"), torch.bfloat16):
         assert torch.is_autocast_enabled("cpu")
+
+
+def test_amp_runs_float32_on_a_cpu_without_kernels_of_its_dtype(monkeypatch, caplog):
+    """bf16 on a CPU without bf16 kernels (AVX2 only: emulated, 9x slower) runs in float32,
+    warned once; other devices keep the dtype asked for."""
+    real = precision.cpu_has_kernels
+    monkeypatch.setattr(precision, "cpu_has_kernels", lambda dtype: False)
+    precision._warn_float32.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="deepmac.engine.precision"):
+        assert precision.run_dtype(torch.bfloat16, "cpu") is None
+        assert precision.run_dtype(torch.bfloat16, torch.device("cpu")) is None
+        with autocast("cpu", torch.bfloat16):
+            assert not torch.is_autocast_enabled("cpu")
+    warned = [r.getMessage() for r in caplog.records if "float32 instead" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("amp bf16: this CPU (")
+    assert precision.run_dtype(torch.bfloat16, "cuda") is torch.bfloat16
+    assert precision.run_dtype(None, "cpu") is None
+    # What this machine has: a bool either way, from oneDNN or the ISA.
+    assert isinstance(real(torch.bfloat16), bool) and isinstance(real(torch.float16), bool)
 
 
 def test_device_names():

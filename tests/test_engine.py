@@ -312,6 +312,28 @@ def test_train_bf16_autocast_and_image_batch_objects(tmp_path) -> None:
     assert result["step"] == 3 and math.isfinite(result["losses"]["loss"])
 
 
+@pytest.mark.parametrize("kernels", [True, False])
+def test_train_autocast_follows_the_cpu_kernels(tmp_path, monkeypatch, kernels) -> None:
+    """bf16 steps run under autocast where the CPU has bf16 kernels, in float32 where not."""
+    from deepmac.engine import precision
+
+    class Recording(TinyNet):
+        seen: list[bool] = []
+
+        def forward(self, images, targets):
+            self.seen.append(torch.is_autocast_enabled("cpu"))
+            return super().forward(images, targets)
+
+    monkeypatch.setattr(precision, "cpu_has_kernels", lambda dtype: kernels)
+    torch.manual_seed(0)
+    model = Recording()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    run(tmp_path, total_steps=2, model=model, optimizer=optimizer, scheduler=scheduler,
+        amp_dtype=torch.bfloat16)  # fmt: skip
+    assert model.seen == [kernels, kernels]
+
+
 def test_nonfinite_loss_stops_without_overwriting_checkpoint(tmp_path) -> None:
     calls = {"n": 0}
 

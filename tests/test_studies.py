@@ -46,6 +46,7 @@ def test_toy_study_writes_records_markdown_and_plot_and_resumes(tmp_path, monkey
     for record in records:
         assert record["table"] == "toy" and record["seed"] == 0 and record["steps"] == 2
         assert record["commit"] and record["wall_seconds"] > 0 and not record["resumed"]
+        assert record["device"] == "cpu" and record["amp"] == "none"
         assert all(0.0 <= record[key] <= 1.0 for key in RECORDED)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["records"] == records and set(saved["filled_box"]) == {"all", "voc", "nonvoc"}

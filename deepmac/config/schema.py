@@ -152,7 +152,8 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 500
     #: "none", "bf16" (CPU or GPU autocast; AMX makes it several times faster on recent x86)
-    #: or "fp16" (GPU autocast with gradient scaling).
+    #: or "fp16" (GPU autocast with gradient scaling). A CPU without kernels of the dtype
+    #: (bf16: no AVX512 or AMX) runs float32 instead, with a warning (about 9x faster there).
     amp: str = "none"
     #: "auto" (cuda when available, else cpu), "cpu" or "cuda". Under torchrun each process
     #: takes cuda:LOCAL_RANK.

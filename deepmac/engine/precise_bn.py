@@ -15,7 +15,6 @@ targets (the boxes the mask head runs on), so the forward is the caller's.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from deepmac.engine.precision import autocast
 
 __all__ = ["recompute_batch_norm_statistics"]
 
@@ -54,14 +55,9 @@ def recompute_batch_norm_statistics(
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches seen since the reset
     device = next(model.parameters()).device
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype)
-        if amp_dtype is not None
-        else contextlib.nullcontext()
-    )
     model.train()
     try:
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast(device, amp_dtype):
             for batch in itertools.islice(_epochs(batches), num_batches):
                 forward(model, batch)
     finally:

@@ -41,6 +41,7 @@ from deepmac.engine.checkpoint import (
 )
 from deepmac.engine.distributed import all_reduce_mean, get_world_size, is_main_process
 from deepmac.engine.metrics import MetricsLog, write_json_atomic
+from deepmac.engine.precision import autocast, run_dtype
 from deepmac.engine.progress import TrainProgress
 
 __all__ = [
@@ -181,7 +182,8 @@ class LoopSettings:
         eval_every: call ``evaluate`` every this many steps; 0 disables it.
         checkpoint_every: save ``last.pt`` every this many steps; 0 saves only at the end.
         amp_dtype: autocast dtype, e.g. ``torch.bfloat16``; ``torch.float16`` also enables a
-            ``GradScaler``. ``None`` trains in float32.
+            ``GradScaler``. ``None`` trains in float32, as does a CPU without kernels of the
+            dtype (``deepmac.engine.precision.run_dtype``).
         accumulate_steps: micro-batches whose gradients make one optimizer step (each loss is
             divided by it, so a step equals one batch that many times larger for losses that
             average over the batch).
@@ -373,9 +375,13 @@ class _Run:
     ckpt_path: Path
     main: bool
     scaler: torch.amp.GradScaler = field(init=False)
+    #: the autocast dtype the steps run with (``loop.amp_dtype`` or float32: ``run_dtype``)
+    amp_dtype: torch.dtype | None = field(init=False)
 
     def __post_init__(self) -> None:
-        fp16 = self.loop.amp_dtype == torch.float16
+        # float32 on a CPU without kernels of the dtype (deepmac.engine.precision)
+        self.amp_dtype = run_dtype(self.loop.amp_dtype, self.device)
+        fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
 
     def restore(self, resume: ResumeState | None, start_step: int) -> int:
@@ -430,8 +436,7 @@ class _Run:
         Raises:
             RuntimeError: a loss is NaN or infinite (logged; the last checkpoint is kept).
         """
-        enabled = self.loop.amp_dtype is not None
-        with torch.autocast(self.device.type, dtype=self.loop.amp_dtype, enabled=enabled):
+        with autocast(self.device, self.amp_dtype):
             losses = _check_losses(self.forward_step(self.model, self.criterion, batch), step + 1)
         loss = sum(losses.values())
         # One small all-reduce gives every rank the same values, so they agree on stopping.

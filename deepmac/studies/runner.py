@@ -269,6 +269,8 @@ def run_one(
         "wall_seconds": wall,
         "resumed": earlier.get("resumed", resume),
         "device": device,
+        # float32 where the CPU has no kernels of the amp dtype (deepmac.engine.precision)
+        "amp": _amp_run(cfg.train.amp, device),
         "overrides": [*row.overrides, *overrides],
         **{key: metrics[key] for key in RECORDED},
     }
@@ -289,6 +291,14 @@ def _score(checkpoint: Path, cfg: ExperimentConfig, data: StudyData) -> tuple[di
     segmenter = BoxPromptedSegmenter.from_checkpoint(checkpoint, device=device)
     metrics, _ = evaluate_box_prompted(segmenter, val)
     return metrics, device.type
+
+
+def _amp_run(amp: str, device: str) -> str:
+    """The ``train.amp`` name the run trained with on ``device``'s type."""
+    from deepmac.engine.precision import AMP_DTYPES, amp_dtype, run_dtype
+
+    ran = run_dtype(amp_dtype(amp), device)
+    return next(name for name, dtype in AMP_DTYPES.items() if dtype == ran)
 
 
 def select_rows(study: Study, names: list[str] | None) -> list[Row]:
