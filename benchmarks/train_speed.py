@@ -93,6 +93,7 @@ def step_gflops(cfg, batches: int = 4) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from deepmac.data import build_train_loader, build_train_transforms
+    from deepmac.engine.precision import autocast
     from deepmac.engine.train import default_forward_step
     from deepmac.experiments.training import build_training_datasets
     from deepmac.models.families import build_training_model, get_family
@@ -110,7 +111,7 @@ def step_gflops(cfg, batches: int = 4) -> float:
     counter = FlopCounterMode(
         display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops}
     )
-    with counter, torch.autocast("cpu", dtype=torch.bfloat16):
+    with counter, autocast("cpu", torch.bfloat16):  # float32 without bf16 kernels: same FLOPs
         for _, batch in zip(range(batches), loader, strict=False):
             sum(default_forward_step(model, criterion, batch).values()).backward()
     return counter.get_total_flops() / 1e9 / batches
@@ -227,9 +228,18 @@ def main() -> None:
         print(f"skipping: the shared COCO subsets are not at {args.data}")
         return
 
-    peaks = {name: matmul_peak_gflops(name, args.threads) for name in ("bf16", "fp32")}
-    print(f"matmul peak ({args.threads} threads): bf16 {peaks['bf16']:.0f} GFLOP/s, "
-          f"fp32 {peaks['fp32']:.0f} GFLOP/s", flush=True)  # fmt: skip
+    import torch
+
+    from deepmac.engine.precision import cpu_has_kernels
+
+    # Without bf16 kernels the presets train in float32 (deepmac.engine.precision), and an
+    # emulated 4096^2 bf16 matmul would take minutes: no bf16 peak then.
+    dtypes = ("bf16", "fp32") if cpu_has_kernels(torch.bfloat16) else ("fp32",)
+    peaks = {name: matmul_peak_gflops(name, args.threads) for name in dtypes}
+    print(f"matmul peak ({args.threads} threads, {torch.backends.cpu.get_cpu_capability()}): "
+          + ", ".join(f"{name} {peak:.0f} GFLOP/s" for name, peak in peaks.items())
+          + ("" if "bf16" in peaks else " (no bf16 kernels: the presets train in float32)"),
+          flush=True)  # fmt: skip
     variants = []  # (label, code, preset, overrides)
     for preset in args.presets:
         if args.reference is not None and preset == "box_prompted_cpu":
@@ -272,7 +282,8 @@ def main() -> None:
         gflops = row.get("gflops_per_image")
         shares = ["-", "-"]
         if gflops:
-            shares = [f"{100 * speed * gflops / peaks[d]:.1f}" for d in ("bf16", "fp32")]
+            shares = [f"{100 * speed * gflops / peaks[d]:.1f}" if d in peaks else "-"
+                      for d in ("bf16", "fp32")]  # fmt: skip
         runs = ", ".join(f"{r:.2f}" for r in row["runs"])
         gf = f"{gflops:.1f}" if gflops else "-"
         print(f"| {label} | {speed:.2f} | {runs} | {speed / base:.2f}x | {gf} | "
