@@ -163,7 +163,7 @@ def test_records_of_another_machine_count_as_done(tmp_path, monkeypatch):
     out = tmp_path / "study"
     found = run_study(
         TOY, seeds=[0], out=out, data=demo_data(), steps=2, overrides=overrides,
-        progress=False, records=[earlier],
+        progress=False, restore_from=[earlier],
     )  # fmt: skip
     assert [(r["row"], r["seed"], r["restored_from"]) for r in found] == [
         ("ResNet-4", 0, str(earlier)), ("ResNet-8", 0, str(earlier))]  # fmt: skip
@@ -173,7 +173,7 @@ def test_records_of_another_machine_count_as_done(tmp_path, monkeypatch):
     assert len(json.loads((out / "results.json").read_text())["records"]) == 2
     with pytest.raises(ValueError, match=r"--records .*expected a study's results.json"):
         run_study(TOY, seeds=[0], out=out, data=demo_data(), steps=2, overrides=overrides,
-                  records=[out / "nope"])  # fmt: skip
+                  restore_from=[out / "nope"])  # fmt: skip
 
 
 def test_every_study_row_builds_a_valid_config(tmp_path):

@@ -226,7 +226,7 @@ def run_study_command(args: argparse.Namespace) -> int:
         rows=args.rows,
         jobs=args.jobs,
         reuse=args.reuse,
-        records=args.records,
+        restore_from=args.records,
         report_only=args.report_only,
     )
     print((out / "results.md").read_text())

@@ -343,7 +343,7 @@ def run_study(
     rows: list[str] | None = None,
     jobs: int = 1,
     reuse: list[str | Path] | None = None,
-    records: list[str | Path] | None = None,
+    restore_from: list[str | Path] | None = None,
     report_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Every row (or the ``rows`` named) with every seed, seed-major (an interrupted study has
@@ -351,22 +351,19 @@ def run_study(
     ``results.md`` and the plot of all the records under ``out``. Returns this call's records,
     in seed-major order. A run folder of another config stops the study before any training.
     A run whose config (but for its name) was trained in one of the ``reuse`` study folders
-    takes that run's record instead of training again; the ``records`` files (``results.json``
-    of this study run elsewhere) are restored first (``restore_records``). ``report_only``: no
-    training, the report of the runs already scored (and those of them among this call's runs
-    returned)."""
-    from deepmac.data import CocoInstances
-    from deepmac.evaluation.evaluate import filled_box_miou
-
+    takes that run's record instead of training again; the ``restore_from`` files
+    (``results.json`` of this study run elsewhere) are restored first (``restore_records``).
+    ``report_only``: no training, the report of the runs already scored (and those of them
+    among this call's runs returned)."""
     out = Path(out)
     overrides = overrides or []
     reuse_folders = [Path(folder) for folder in reuse or []]
     runs = [(row, seed) for seed in seeds for row in select_rows(study, rows)]
     _check_before_training(runs, out, reuse_folders, steps, data, overrides)
     out.mkdir(parents=True, exist_ok=True)
-    if records:
-        restore_records(study, [Path(f) for f in records], out=out, steps=steps, data=data,
-                        overrides=overrides)  # fmt: skip
+    if restore_from:
+        restore_records(study, [Path(f) for f in restore_from], out=out, steps=steps,
+                        data=data, overrides=overrides)  # fmt: skip
     # The report keeps the folder's runs of this call's configs (any seed), so that runs of
     # other --steps or overrides left in the folder are not averaged in.
     expected = {row.name: run_config(row, 0, steps, data, overrides) for row in study.rows}
@@ -374,9 +371,7 @@ def run_study(
     if others:
         logger.warning("%s: left out of the report, trained with another config: %s",
                        study.name, ", ".join(str(p) for p in others))  # fmt: skip
-    val = CocoInstances(Path(data.val), data.val_split)
-    filled = filled_box_miou(val)
-    baseline = {s: filled[f"mask_iou/{s}/mIoU"] for s in SPLITS}
+    baseline = _filled_box_baseline(data)
     settings = dict(out=out, steps=steps, data=data, overrides=overrides, reuse=reuse_folders)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     jobs = min(jobs, len(runs))
@@ -394,6 +389,15 @@ def run_study(
             records[key] = record
             _write_results(study, baseline, out, expected)
     return [records[row.name, seed] for row, seed in runs]
+
+
+def _filled_box_baseline(data: StudyData) -> dict[str, float]:
+    """The filled box's mIoU per split on the study's evaluation split."""
+    from deepmac.data import CocoInstances
+    from deepmac.evaluation.evaluate import filled_box_miou
+
+    filled = filled_box_miou(CocoInstances(Path(data.val), data.val_split))
+    return {s: filled[f"mask_iou/{s}/mIoU"] for s in SPLITS}
 
 
 def _check_before_training(
