@@ -271,3 +271,29 @@ def test_efficientnet_lite_pretrained_weights_load(variant, find, last_block) ->
     torch.testing.assert_close(
         backbone.body._blocks[last_block]._project_conv.weight, reference[key]
     )
+
+
+def test_hourglass_in_the_backbone_is_the_heads_network_after_the_lite0_trunk() -> None:
+    """Table 7 at CPU scale: the same Hourglass-20 network as the head, on the whole map; the
+    trunk keeps Lite0's names, so its ImageNet weights load and freeze_at freezes it."""
+    from deepmac.backbones.fpn import freeze_stages
+    from deepmac.backbones.hourglass_refined import HourglassRefinedBackbone
+    from deepmac.mask_heads.hourglass import HourglassMaskHead
+
+    backbone = build_backbone("efficientnet_lite0_hourglass20")
+    plain = build_backbone("efficientnet_lite0")
+    head = HourglassMaskHead(plain.out_channels, name="hourglass20")
+    assert backbone.out_channels == head.hourglass.out_channels == 128
+    assert count_params(backbone.refine) == count_params(head.hourglass)
+    assert count_params(backbone) == count_params(plain) + count_params(head.hourglass)
+    own = {k for k in backbone.state_dict() if not k.startswith("refine.")}
+    assert own == set(plain.state_dict())
+    freeze_stages(backbone.body, 5)
+    assert not any(p.requires_grad for p in backbone.body.parameters())
+    assert all(p.requires_grad for p in backbone.refine.parameters())
+    with pytest.raises(ValueError, match="hourglass must be one of .*got 'hourglass7'"):
+        HourglassRefinedBackbone(hourglass="hourglass7")
+    if efficientnet_lite0_weights_path() is not None:
+        loaded = build_backbone("efficientnet_lite0_hourglass20", init="imagenet")
+        reference = build_backbone("efficientnet_lite0", init="imagenet")
+        torch.testing.assert_close(loaded.body.state_dict(), reference.body.state_dict())

@@ -4,16 +4,18 @@
 validation and optional weight loading. Every backbone is a ``Backbone`` (see ``base.py``) with
 ``out_channels``, ``stride`` (4), ``num_outputs`` and ``size_multiple``.
 
-=====================  ==========  ======  =============================================
-name                   C_out       maps    what
-=====================  ==========  ======  =============================================
-hourglass104           256         2       CenterNet HG104, the Deep-MAC backbone (§4.5)
-hourglass52            256         1       one HG104 stack (paper Table 7)
-resnet18 / resnet34    64          1       ImageNet ResNet + FPN-lite neck
-resnet50               128         1       ImageNet ResNet + FPN-lite neck
-efficientnet_lite0     64          1       EfficientNet-Lite0 + FPN-lite neck (CPU default)
-efficientnet_lite2     64          1       EfficientNet-Lite2 + FPN-lite (1.3x Lite0's FLOPs)
-=====================  ==========  ======  =============================================
+==============================  ==========  ======  =============================================
+name                            C_out       maps    what
+==============================  ==========  ======  =============================================
+hourglass104                    256         2       CenterNet HG104, the Deep-MAC backbone (§4.5)
+hourglass52                     256         1       one HG104 stack (paper Table 7)
+resnet18 / resnet34             64          1       ImageNet ResNet + FPN-lite neck
+resnet50                        128         1       ImageNet ResNet + FPN-lite neck
+efficientnet_lite0              64          1       EfficientNet-Lite0 + FPN-lite neck (CPU default)
+efficientnet_lite2              64          1       EfficientNet-Lite2 + FPN-lite (1.3x Lite0 FLOPs)
+efficientnet_lite0_hourglass20  128         1       Lite0 + FPN-lite + the Hourglass-20 head's
+                                                    network on the whole map (Table 7, CPU)
+==============================  ==========  ======  =============================================
 
 Deep-MARC uses a multi-level pyramid instead: ``build_fpn_backbone`` (``fpn.py``) puts a
 Mask R-CNN FPN (P2-P6, 256 channels) on any trunk of ``FPN_TRUNKS`` (ResNet-18..101,
@@ -43,6 +45,7 @@ from deepmac.backbones.fpn import (
     freeze_batch_norm,
 )
 from deepmac.backbones.hourglass import HourglassBackbone, build_hourglass_backbone
+from deepmac.backbones.hourglass_refined import HourglassRefinedBackbone
 from deepmac.backbones.neck import FPNLiteNeck
 from deepmac.backbones.resnet import ResNetBackbone
 from deepmac.backbones.weights import load_backbone_weights, read_state_dict
@@ -59,6 +62,7 @@ __all__ = [
     "FPN_TRUNKS",
     "FrozenBatchNorm2d",
     "HourglassBackbone",
+    "HourglassRefinedBackbone",
     "ResNetBackbone",
     "build_backbone",
     "build_fpn_backbone",
@@ -77,12 +81,14 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet50": partial(ResNetBackbone, "resnet50", out_channels=128),
     "efficientnet_lite0": EfficientNetLiteBackbone,
     "efficientnet_lite2": partial(EfficientNetLiteBackbone, variant="lite2"),
+    "efficientnet_lite0_hourglass20": HourglassRefinedBackbone,
 }
 
 # Backbones whose ImageNet weights can be found locally (in an optional package): init="imagenet".
 IMAGENET_WEIGHTS: dict[str, Callable[[], Path | None]] = {
     "efficientnet_lite0": efficientnet_lite0_weights_path,
     "efficientnet_lite2": efficientnet_lite2_weights_path,
+    "efficientnet_lite0_hourglass20": efficientnet_lite0_weights_path,
 }
 
 
