@@ -82,6 +82,9 @@ def test_toy_study_writes_records_markdown_and_plot_and_resumes(tmp_path, monkey
     )  # fmt: skip
     assert trained == ["resnet_8"] and reported == again[:1]
     assert "| ResNet-4 |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match=r"--report-only: expected scored runs of toy's rows"):
+        run_study(TOY, seeds=[0], out=tmp_path / "empty", data=demo_data(), steps=2,
+                  overrides=overrides, report_only=True)  # fmt: skip
     # Other steps (or overrides) would mix two schedules in one row: refused, nothing run.
     with pytest.raises(ValueError, match=r"trained with another config \(train.steps differ"):
         run_study(TOY, seeds=[0], out=tmp_path, data=demo_data(), steps=3, overrides=overrides)

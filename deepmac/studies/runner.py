@@ -376,8 +376,14 @@ def run_study(
     records: dict[tuple[str, int], dict[str, Any]] = {}
     jobs = min(jobs, len(runs))
     if report_only:
-        _write_results(study, baseline, out, expected)
         found, _ = collect_records(study, out, expected)
+        if not found:
+            raise ValueError(
+                f"--report-only: expected scored runs of {study.name}'s rows under {out}, found "
+                f"none (with these --steps and overrides); train them, or bring them with "
+                f"--records / --reuse"
+            )
+        _write_results(study, baseline, out, expected)
         return [r for r in found if (r["row"], r["seed"]) in {(w.name, s) for w, s in runs}]
     if jobs <= 1:
         for row, seed in runs:

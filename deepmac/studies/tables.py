@@ -134,8 +134,8 @@ STUDIES: dict[str, Study] = {
             "paper's figures are its deep-head (HG-52 backbone, HG-52 head) and deep-backbone "
             "(HG-104 backbone, ResNet-4 head) rows",
             (
-                # Hourglass-20 and ResNet-4 are Table 4's rows by name and config: --records
-                # of its results.json fills them.
+                # Hourglass-20 and ResNet-4 are Table 4's rows (same configs): --reuse of a
+                # table4 study folder fills them.
                 Row("Hourglass-20", (_head("hourglass20"),), paper=_paper(78.4, 80.4, 77.8)),
                 Row(
                     "Hourglass-20 in the backbone, ResNet-4 head",
